@@ -159,6 +159,9 @@ class HMSegNet(nn.Module):
             else None
         )
         _init_weights(self)
+        # small initial logits: every class starts near equal probability
+        for conv in [self.classifier] + ([h[-1] for h in self.boost.values()] if self.boost is not None else []):
+            nn.init.normal_(conv.weight, std=0.01)
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,105 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint holds everything needed to rebuild and use the network from the file alone:
+genotype string, class names, palette, normalisation, the resolved training config and
+progress, next to the weights (and the optimizer state for resuming).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .genotype import Genotype, GenotypeError
+from .model import HMSegNet, build_model
+
+FORMAT = "hmseg-checkpoint"
+VERSION = 1
+REQUIRED = ("format", "version", "genotype", "class_names", "palette", "mean", "std", "model")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or not an hmseg checkpoint."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(
+    model: HMSegNet,
+    class_names,
+    palette,
+    mean,
+    std,
+    config: Optional[Dict[str, Any]] = None,
+    **extra: Any,
+) -> Dict[str, Any]:
+    state = {k: v for k, v in model.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "genotype": model.genotype.format(),
+        "class_names": list(class_names),
+        "palette": [list(map(int, c)) for c in palette],
+        "mean": list(map(float, mean)),
+        "std": list(map(float, std)),
+        "config": config or {},
+        "model": state,
+        **extra,
+    }
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Load and validate a checkpoint; every failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt zip archives
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an hmseg checkpoint (no 'format': '{FORMAT}' entry)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this hmseg reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any] | str | os.PathLike, boosting: bool = False) -> Tuple[HMSegNet, Dict[str, Any]]:
+    """Rebuild the network from a checkpoint alone; returns ``(model, checkpoint)``."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    try:
+        genotype = Genotype.parse(ckpt["genotype"])
+    except GenotypeError as e:
+        raise CheckpointError(f"checkpoint genotype is invalid: {e}") from None
+    model = build_model(genotype, boosting=boosting)
+    state = ckpt["model"]
+    if not boosting:
+        state = {k: v for k, v in state.items() if not k.startswith("boost.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not match its genotype: {e}") from None
+    return model, ckpt

@@ -1,0 +1,209 @@
+"""``hmseg-core``: one command-line entry point; each subcommand is a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _size(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 360x480)") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be >= 16")
+    return h, w
+
+
+# ---------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from .profile import count_macs, count_params
+    from .registry import create_model, list_models
+
+    rows = []
+    variants = [(n, {}) for n in list_models()]
+    if args.ablation:
+        variants += [(n, dict(lcf=lcf, lge=lge)) for n in list_models() for lcf, lge in ((False, False), (False, True), (True, False))]
+    for name, switches in variants:
+        row = {"model": name, "lcf": int(switches.get("lcf", True)), "lge": int(switches.get("lge", True))}
+        for size, classes in args.sizes:
+            net = create_model(name, classes, boosting=False, **switches).eval()
+            row[f"params_{classes}c"] = count_params(net)
+            row[f"gmacs_{size[0]}x{size[1]}"] = count_macs(net, size) / 1e9
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        cells = [f"{r[k] / 1e6:.3f}M" if k.startswith("params") else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r.get(k, "")) for k in keys]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+def _sizes(text: str) -> tuple:
+    size, _, classes = text.partition("@")
+    return _size(size), int(classes or 19)
+
+
+# ---------------------------------------------------------------------------- genotype
+def cmd_genotype(args: argparse.Namespace) -> int:
+    from .registry import get_genotype
+
+    g = get_genotype(args.model, args.classes)
+    print(json.dumps(g.to_dict(), indent=2) if args.json else g.format())
+    return 0
+
+
+# ---------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(
+        args.config, args.set, model=args.model, data_root=args.data_root, out_dir=args.out,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+    )
+    summary = train(cfg, resume=args.resume)
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+    from .metrics import format_table
+
+    report = evaluate_checkpoint(
+        args.checkpoint, args.data_root, args.split, args.layout, args.input_size,
+        Path(args.save_images) if args.save_images else None,
+        Path(args.report) if args.report else None, args.threads,
+    )
+    print(format_table(report))
+    print(f"\n{report['images']} images, split '{args.split}', mIoU {100 * report['miou']:.2f} %")
+    if args.report:
+        print(f"report: {args.report}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The built-in default job: train and evaluate mrms_tiny on generated street scenes."""
+    import torch
+
+    from .checkpoint import model_from_checkpoint
+    from .config import load_config
+    from .train import train
+
+    out = Path(args.out)
+    cfg = load_config(
+        None, [], model=args.model, out_dir=str(out), epochs=args.epochs, batch_size=8, lr=0.05,
+        crop=(192, 256), scale=(0.75, 1.25), eval_every=args.epochs, checkpoint_every=20,
+        synthetic_train=48, synthetic_val=12, num_workers=0, threads=args.threads,
+    )
+    summary = train(cfg, resume=(out / "last.pt").exists())
+    model, _ = model_from_checkpoint(out / "best.pt")
+    x = torch.randn(1, 3, 360, 480)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    print(
+        f"\n{cfg.model}: synthetic val mIoU {100 * summary['best_miou']:.1f} % after {summary['steps']} steps; "
+        f"PyTorch eager latency at 360x480: median {times[len(times) // 2]:.1f} ms "
+        f"({torch.get_num_threads()} threads)\nrun folder: {out}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hmseg-core", description="HMSeg: efficient semantic segmentation networks.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    m = sub.add_parser("models", help="list registered variants with params and MACs")
+    m.add_argument("--sizes", type=_sizes, nargs="+", default=[((768, 1536), 19), ((360, 480), 11)], metavar="HxW@CLASSES")
+    m.add_argument("--ablation", action="store_true", help="also list the LCF/LGE ablation switches (paper Table 4)")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    g = sub.add_parser("genotype", help="print a variant's genotype (canonical string or JSON)")
+    g.add_argument("model", help="registered name or genotype string")
+    g.add_argument("--classes", type=int, default=19)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_genotype)
+
+    t = sub.add_parser("train", help="train from scratch (resumable; works under torchrun)")
+    t.add_argument("--config", help="YAML file of TrainConfig keys (e.g. config/train_camvid.yaml)")
+    t.add_argument("--model")
+    t.add_argument("--data-root", help="data set root (CamVid or Cityscapes layout); default: generated scenes")
+    t.add_argument("--out", help="run folder (checkpoints, log, config)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    t.add_argument("--set", "-o", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="mIoU of a checkpoint on a data set split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data-root", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--layout", choices=["camvid", "cityscapes"])
+    e.add_argument("--input-size", type=_size, help="resize inputs to HxW for the network (labels stay native)")
+    e.add_argument("--save-images", help="folder for colourised predictions")
+    e.add_argument("--report", help="write the JSON report here")
+    e.add_argument("--threads", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="built-in default job: train + evaluate on generated street scenes")
+    d.add_argument("--model", default="mrms_tiny")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--threads", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    for register in _PLUGINS:
+        register(sub)
+    return p
+
+
+# Later subsystems (search, export, bench, ROS bag tools) add their subcommands here.
+_PLUGINS: List[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.datasets import DatasetError
+    from .genotype import GenotypeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, DatasetError, GenotypeError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"hmseg-core {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -87,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Dict[str, Any] | str | os.PathLike, boosting: bool = False) -> Tuple[HMSegNet, Dict[str, Any]]:
-    """Rebuild the network from a checkpoint alone; returns ``(model, checkpoint)``."""
+    """Rebuild the network (in eval mode) from a checkpoint alone; returns ``(model, checkpoint)``."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     try:
@@ -102,4 +102,4 @@ def model_from_checkpoint(ckpt: Dict[str, Any] | str | os.PathLike, boosting: bo
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not match its genotype: {e}") from None
-    return model, ckpt
+    return model.eval(), ckpt

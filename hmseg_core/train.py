@@ -86,6 +86,16 @@ def _truncate_log(log_path: Path, step: int) -> None:
     log_path.write_text("".join(k + "\n" for k in keep))
 
 
+def replica_fingerprints(model: torch.nn.Module) -> list:
+    """Per-rank parameter checksum (sum and sum of squares, float64), gathered on every rank."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in model.parameters()])
+        mine = torch.stack([flat.sum(), (flat * flat).sum()])
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    return [g.tolist() for g in gathered]
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train per ``cfg``; returns a summary (best val mIoU, steps, wall time, paths)."""
     cfg.validate()
@@ -116,6 +126,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
                 d.preload()
     spec = train_set.spec
     genotype = get_genotype(cfg.model, spec.num_classes)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
     model = build_model(genotype, boosting=cfg.boosting).to(ctx.device)
 
     ckpt: Optional[Dict[str, Any]] = None
@@ -209,6 +220,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
         ctx.barrier()
     bar.close()
     summary = {"steps": step, "epochs": cfg.epochs, "best_miou": best_miou, "out_dir": str(out), "wall_s": time.time() - t0}
+    if ctx.world_size > 1:
+        prints = replica_fingerprints(model)
+        summary["replica_fingerprints"] = prints
+        if any(p != prints[0] for p in prints):
+            raise RuntimeError(f"DDP replicas diverged: parameter fingerprints per rank {prints}")
     if ctx.main:
         if not best_path.exists():  # no validation configured: the final weights are the result
             checkpoint(best_path)

@@ -162,7 +162,7 @@ def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3)."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read image ({e})") from None
 

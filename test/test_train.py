@@ -1,0 +1,166 @@
+"""Training: checkpoints, exact resume after kill -9, DDP replicas, CLI train/eval."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env
+from hmseg_core.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
+from hmseg_core.cli import main as cli_main
+from hmseg_core.config import ConfigError, TrainConfig, load_config
+from hmseg_core.train import poly_lr, train
+
+TINY = dict(
+    model="mrms_tiny", crop=(48, 64), scale=(0.75, 1.25), batch_size=2, epochs=3, lr=0.02,
+    synthetic_train=8, synthetic_val=2, num_workers=0, threads=1, eval_every=0, checkpoint_every=1,
+)
+
+
+def tiny_config(out: Path, **kw) -> TrainConfig:
+    return load_config(None, [], **{**TINY, "out_dir": str(out), **kw})
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def test_poly_schedule():
+    cfg = TrainConfig(lr=0.1, warmup_steps=10, poly_power=0.9)
+    assert poly_lr(cfg, 0, 100) == pytest.approx(0.01)
+    assert poly_lr(cfg, 9, 100) == pytest.approx(0.1)
+    assert poly_lr(cfg, 50, 100) == pytest.approx(0.1 * 0.5**0.9)
+    assert 0 < poly_lr(cfg, 99, 100) < poly_lr(cfg, 98, 100)
+
+
+def test_train_writes_self_describing_checkpoints(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", epochs=2, eval_every=1), progress=False)
+    assert summary["steps"] == 8
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["class_names"][0] == "sky" and len(ckpt["palette"]) == 11
+    assert ckpt["config"]["model"] == "mrms_tiny" and ckpt["step"] >= 4
+    assert "val" in ckpt and 0 <= ckpt["val"]["miou"] <= 1
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == 8 and last["optimizer"]["state"]
+    model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert model.boost is None and not model.training
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "curves.png").is_file()
+    # a second run into the same folder must not silently overwrite it
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tmp_path / "run"), progress=False)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    total = 3 * 4
+    reference = tmp_path / "reference"
+    train(tiny_config(reference), progress=False)
+
+    victim = tmp_path / "victim"
+    args = [sys.executable, "-m", "hmseg_core.cli", "train", "--out", str(victim)]
+    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = victim / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 5:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(victim / "last.pt")["step"]
+    assert 0 < killed_at < total, "the kill must land mid-run for this test to mean anything"
+
+    summary = train(tiny_config(victim), resume=True, progress=False)
+    assert summary["steps"] == total
+    ref, res = _weights(reference / "last.pt"), _weights(victim / "last.pt")
+    assert ref.keys() == res.keys()
+    for k in ref:
+        assert torch.equal(ref[k], res[k]), f"{k} differs after resume from step {killed_at}"
+    steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
+    assert steps == list(range(1, total + 1))  # no duplicated or missing log lines
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_keep_replicas_identical(tmp_path):
+    out = tmp_path / "ddp"
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "hmseg_core.cli", "train", "--out", str(out),
+    ]
+    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    prints = summary["replica_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    # 8 images, batch 2 per process x 2 processes -> 2 steps per epoch
+    assert summary["steps"] == 6
+    assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    train(tiny_config(tmp_path / "run", epochs=1), progress=False)
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    atomic_save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an hmseg checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt["genotype"] = ckpt["genotype"].replace("width=0.5", "width=1.0")
+    with pytest.raises(CheckpointError, match="do not match its genotype"):
+        model_from_checkpoint(ckpt)
+    # resume refuses a corrupt last.pt instead of starting over
+    (tmp_path / "run" / "last.pt").write_bytes(good[:100])
+    with pytest.raises(CheckpointError):
+        train(tiny_config(tmp_path / "run"), resume=True, progress=False)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+        load_config(None, ["lrr=0.1"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(None, ["batch_size=0"])
+    with pytest.raises(ConfigError, match="crop"):
+        load_config(None, ["crop=12x12"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    cfg = load_config("config/train_camvid.yaml", ["epochs=3", "ohem_thresh=0.7"])
+    assert cfg.epochs == 3 and cfg.ohem_thresh == 0.7 and cfg.crop == (288, 384) and cfg.class_weighting == "enet"
+
+
+def test_cli_eval_report(tmp_path, camvid_fixture, capsys):
+    train(tiny_config(tmp_path / "run", epochs=1, data_root=str(camvid_fixture)), progress=False)
+    report = tmp_path / "report.json"
+    rc = cli_main([
+        "eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data-root", str(camvid_fixture),
+        "--report", str(report), "--save-images", str(tmp_path / "pred"),
+    ])
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["images"] == 3 and len(data["per_class_iou"]) == 11
+    assert sum(map(sum, data["confusion_matrix"])) == data["pixels"] > 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 3
+    assert "| **mean** |" in capsys.readouterr().out
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--data-root", str(camvid_fixture)]) == 2

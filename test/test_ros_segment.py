@@ -1,0 +1,215 @@
+"""hmseg_segment over real rclpy topics (Fast DDS on loopback): outputs, encodings, bad input,
+parameters, budget swaps, and newest-frame-only behaviour under a burst."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from ros_testing import RCLPY_MISSING, Spinner, tiny_checkpoint, wait_for
+
+if RCLPY_MISSING:
+    pytest.skip(RCLPY_MISSING, allow_module_level=True)
+
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from hmseg_core import image_codec  # noqa: E402
+from hmseg_core.runtime import BACKENDS, LatencyCache, LatencyStats, ModelZoo, ResizePolicy, Segmenter, TorchBackend, Variant, device_fingerprint  # noqa: E402
+from hmseg_ros.image_conv import numpy_to_image  # noqa: E402
+from hmseg_ros.segment_node import SegmentNode  # noqa: E402
+
+H, W = 48, 64
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Two variants with known latencies in a pre-filled cache: 'accurate' (p95 50 ms) and 'fast' (5 ms)."""
+    root = tmp_path_factory.mktemp("zoo")
+    acc = tiny_checkpoint(root / "accurate.pt", seed=1)
+    fast = tiny_checkpoint(root / "fast.pt", seed=2)
+    z = ModelZoo([Variant("accurate", acc, 0.7), Variant("fast", fast, 0.5)])
+    path = z.save(root / "zoo.yaml")
+    cache = LatencyCache(root / "latency.json")
+    fp = device_fingerprint("torch", "cpu", 1)  # the node runs with threads=1
+    for ckpt, p95 in ((acc, 50.0), (fast, 5.0)):
+        cache.put(fp, LatencyCache.entry_key(ckpt, (H, W), ResizePolicy()), LatencyStats(p95 * 0.8, p95, p95 * 0.8, 20))
+    return {"index": path, "cache": cache.path, "accurate": acc, "fast": fast}
+
+
+def overrides(fixture, **extra):
+    p = dict(zoo=str(fixture["index"]), latency_cache=str(fixture["cache"]), expected_height=H, expected_width=W,
+             input_topic="/test_cam/image", diagnostics_period_s=0.2, threads=1)
+    p.update(extra)
+    return [Parameter(k, value=v) for k, v in p.items()]
+
+
+@pytest.fixture(scope="module")
+def ros(zoo):
+    spinner = Spinner()
+    node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=overrides(zoo)))
+    probe = spinner.node("probe")
+    outputs = {"labels": [], "color": [], "variant": [], "classes": []}
+    probe.create_subscription(Image, "/hmseg_segment/labels", outputs["labels"].append, RELIABLE)
+    probe.create_subscription(Image, "/hmseg_segment/color", outputs["color"].append, RELIABLE)
+    probe.create_subscription(String, "/hmseg_segment/variant", lambda m: outputs["variant"].append(json.loads(m.data)), LATCHED)
+    probe.create_subscription(String, "/hmseg_segment/classes", lambda m: outputs["classes"].append(json.loads(m.data)), LATCHED)
+    pub = probe.create_publisher(Image, "/test_cam/image", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0 and node.pub_labels.get_subscription_count() > 0)
+    yield {"spinner": spinner, "node": node, "probe": probe, "pub": pub, "out": outputs}
+    spinner.close()
+
+
+def frame(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+_stamp_counter = iter(range(1, 10**9))
+
+
+def send_and_wait(ros, msg: Image, timeout: float = 10.0) -> Image:
+    """Publish ``msg`` with a fresh stamp until its labels come back."""
+    n = next(_stamp_counter)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + n, 123
+    msg.header.frame_id = f"cam_{n}"
+    match = lambda m: m.header.stamp.sec == 1000 + n  # noqa: E731
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ros["pub"].publish(msg)
+        if wait_for(lambda: any(match(m) for m in ros["out"]["labels"]), timeout=0.5):
+            return next(m for m in ros["out"]["labels"] if match(m))
+    raise AssertionError(f"no labels for stamp {1000 + n} within {timeout} s")
+
+
+@pytest.mark.parametrize("encoding", list(image_codec.ENCODINGS))
+def test_labels_keep_header_and_size_for_every_encoding(ros, zoo, encoding):
+    rgb = frame(3, 37, 53)  # odd size: the network runs at it, labels come back at it
+    if encoding == "mono8":
+        rgb = np.repeat(image_codec.from_rgb(rgb, "mono8")[..., None], 3, axis=2)
+    out = send_and_wait(ros, numpy_to_image(image_codec.from_rgb(rgb, encoding), encoding))
+    assert out.encoding == "mono8" and (out.height, out.width) == rgb.shape[:2] and out.step == rgb.shape[1]
+    assert out.header.frame_id.startswith("cam_") and out.header.stamp.nanosec == 123
+    expected = Segmenter(zoo["accurate"])(rgb)  # no budget: the most accurate variant runs
+    np.testing.assert_array_equal(image_codec.to_mono(image_codec.RawImage(out.height, out.width, out.encoding, out.step, out.data)), expected)
+    color = wait_for(lambda: any(m.header.stamp == out.header.stamp for m in ros["out"]["color"]), 5.0)
+    assert color
+
+
+def test_classes_published_once_latched_and_as_read_only_parameters(ros):
+    from hmseg_core.data.datasets import CAMVID
+
+    assert wait_for(lambda: ros["out"]["classes"], 5.0)
+    assert ros["out"]["classes"][0]["class_names"] == list(CAMVID.class_names)
+    assert ros["out"]["classes"][0]["palette"] == [list(c) for c in CAMVID.palette]
+    node = ros["node"]
+    assert list(node.get_parameter("class_names").value) == list(CAMVID.class_names)
+    res = node.set_parameters([Parameter("class_names", value=["a"])])[0]
+    assert not res.successful
+
+
+@pytest.mark.parametrize(
+    "kind,fields",
+    [
+        ("encoding", dict(encoding="yuv422", height=4, width=4, step=8, data=bytes(32))),
+        ("empty", dict(encoding="rgb8", height=0, width=0, step=0, data=b"")),
+        ("step", dict(encoding="rgb8", height=4, width=4, step=6, data=bytes(24))),
+        ("truncated", dict(encoding="rgb8", height=4, width=4, step=12, data=bytes(40))),
+        ("size", dict(encoding="mono8", height=4, width=4, step=4, data=bytes(20))),
+    ],
+)
+def test_bad_messages_are_counted_and_the_node_keeps_running(ros, kind, fields):
+    node = ros["node"]
+    before = node.stats()["bad"].get(kind, 0)
+    msg = Image(**{k: v for k, v in fields.items() if k != "data"})
+    msg.data = fields["data"]
+    ros["pub"].publish(msg)
+    assert wait_for(lambda: node.stats()["bad"].get(kind, 0) > before, 5.0), node.stats()
+    send_and_wait(ros, numpy_to_image(frame(), "rgb8"))  # still serving
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        Parameter("latency_budget_ms", value=-1.0),
+        Parameter("latency_budget_ms", value=1e9),
+        Parameter("latency_budget_ms", value=float("nan")),
+        Parameter("latency_budget_ms", value="fast"),
+        Parameter("backend", value="tvm"),
+        Parameter("overlay_alpha", value=2.0),
+    ],
+    ids=["negative", "too-large", "nan", "wrong-type", "read-only", "alpha-range"],
+)
+def test_invalid_parameters_are_rejected_with_a_reason(ros, param):
+    node = ros["node"]
+    before = node.get_parameter(param.name).value
+    res = node.set_parameters([param])[0]
+    assert not res.successful and res.reason
+    assert node.get_parameter(param.name).value == before
+
+
+def test_budget_change_swaps_the_variant_without_restart(ros):
+    node, variants = ros["node"], ros["out"]["variant"]
+    assert wait_for(lambda: variants and variants[-1]["variant"] == "accurate", 5.0)
+    try:
+        assert node.set_parameters([Parameter("latency_budget_ms", value=10.0)])[0].successful
+        assert wait_for(lambda: variants[-1]["variant"] == "fast" and node.stats()["variant"] == "fast", 5.0)
+        rgb = frame(7)
+        out = send_and_wait(ros, numpy_to_image(rgb, "rgb8"))
+        np.testing.assert_array_equal(np.frombuffer(out.data, np.uint8).reshape(H, W), Segmenter(node.zoo.get("fast").checkpoint)(rgb))
+
+        # impossible budget: the fastest runs, flagged as not fitting
+        assert node.set_parameters([Parameter("latency_budget_ms", value=1.0)])[0].successful
+        assert wait_for(lambda: variants[-1]["budget_ms"] == 1.0, 5.0)
+        assert variants[-1]["variant"] == "fast" and variants[-1]["fits"] is False
+    finally:
+        node.set_parameters([Parameter("latency_budget_ms", value=0.0)])
+    assert wait_for(lambda: variants[-1]["variant"] == "accurate", 5.0)
+
+
+class SlowBackend(TorchBackend):
+    """The torch backend plus a fixed delay: a model slower than the camera."""
+
+    name = "slow_torch"
+    delay_s = 0.05
+
+    def forward(self, x):
+        time.sleep(self.delay_s)
+        return super().forward(x)
+
+
+def test_burst_to_a_slow_model_drops_stale_frames_and_keeps_latency_bounded(zoo, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "slow_torch", SlowBackend)
+    spinner = Spinner()
+    try:
+        node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=overrides(
+            zoo, backend="slow_torch", model=str(zoo["fast"]), zoo="", qos="reliable", measure_iterations=2)))
+        probe = spinner.node("burst_probe")
+        got = []
+        probe.create_subscription(Image, "/hmseg_segment/labels", lambda m: got.append((m.header.stamp, time.time())), RELIABLE)
+        pub = probe.create_publisher(Image, "/test_cam/image", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() > 0 and node.pub_labels.get_subscription_count() > 0)
+        msg = numpy_to_image(frame(), "rgb8")
+        for _ in range(100):  # 100 frames at 100 Hz, stamped with wall time at publication
+            t = time.time()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+            pub.publish(msg)
+            time.sleep(max(0.0, 0.01 - (time.time() - t)))
+        assert wait_for(lambda: node.stats()["processed"] + node.stats()["dropped"] == 100, 10.0), node.stats()
+        time.sleep(0.3)
+        s = node.stats()
+        assert s["received"] == 100 and s["dropped"] >= 50, s
+        assert len(got) == s["processed"] < 50
+        latencies = [recv - (st.sec + st.nanosec * 1e-9) for st, recv in got]
+        # newest-frame-only: a frame waits at most one inference before its own; no queue builds up
+        assert max(latencies) < 4 * SlowBackend.delay_s + 0.25, latencies
+        assert latencies[-1] < 4 * SlowBackend.delay_s + 0.25
+    finally:
+        spinner.close()

@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
+    from . import drive_cli  # noqa: F401  (bag, zoo, replay-eval; imports no ROS until run)
+
     for register in _PLUGINS:
         register(sub)
     return p
@@ -206,4 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m hmseg_core.cli` runs this file as __main__; use the package module so that
+    # plugins appending to hmseg_core.cli._PLUGINS register with the parser that runs
+    from hmseg_core.cli import main as _main
+
+    sys.exit(_main())

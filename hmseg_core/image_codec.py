@@ -86,7 +86,7 @@ def to_mono(img: RawImage) -> np.ndarray:
     """A ``mono8`` image (label maps) -> uint8 (H, W)."""
     if img.encoding != "mono8":
         raise ImageDecodeError("encoding", f"expected a mono8 label image, got {img.encoding!r}")
-    return np.ascontiguousarray(pixels(img)[..., 0])
+    return np.array(pixels(img)[..., 0])  # a copy: the message buffer may be read-only
 
 
 def encode(array: np.ndarray, encoding: str) -> Tuple[int, int, int, bytes]:

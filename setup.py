@@ -52,6 +52,9 @@ setup(
     entry_points={
         "console_scripts": [
             "hmseg-core = hmseg_core.cli:main",
+            "hmseg_segment = hmseg_ros.segment_node:main",
+            "hmseg_replay = hmseg_ros.replay_node:main",
+            "hmseg_evaluator = hmseg_ros.evaluator_node:main",
         ],
     },
 )

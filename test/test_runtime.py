@@ -1,0 +1,173 @@
+"""The ROS-free deployment runtime: Segmenter, image codec, model zoo, latency cache, budget selection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ros_testing import tiny_checkpoint
+
+from hmseg_core import image_codec
+from hmseg_core.checkpoint import model_from_checkpoint
+from hmseg_core.evaluate import predict
+from hmseg_core.runtime import (
+    LatencyCache,
+    LatencyStats,
+    Measurement,
+    ModelZoo,
+    ResizePolicy,
+    Segmenter,
+    Variant,
+    ZooError,
+    device_fingerprint,
+    measure_zoo,
+    overlay,
+    select_variant,
+)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("rt") / "tiny.pt", seed=3)
+
+
+def rgb(h=50, w=70, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("policy", [ResizePolicy(), ResizePolicy("fixed", (64, 96))], ids=str)
+def test_segmenter_equals_offline_predict(ckpt, policy):
+    seg = Segmenter(ckpt, resize=policy)
+    model, c = model_from_checkpoint(ckpt)
+    img = rgb()
+    labels, t = seg.segment(img)
+    assert labels.dtype == np.uint8 and labels.shape == img.shape[:2]
+    np.testing.assert_array_equal(labels, predict(model.eval(), img, c["mean"], c["std"], policy.size))
+    assert t.total > 0 and min(t.preprocess, t.inference, t.postprocess) >= 0
+    assert seg.colorize(labels).shape == img.shape
+
+
+def test_segmenter_rejects_bad_input_and_unknown_backend(ckpt):
+    seg = Segmenter(ckpt)
+    for bad in (rgb().astype(np.float32), rgb()[..., :2], np.zeros((4, 4), np.uint8)):
+        with pytest.raises(ValueError, match="RGB uint8"):
+            seg(bad)
+    with pytest.raises(ValueError, match="unknown backend 'tvm'; available: torch"):
+        Segmenter(ckpt, backend="tvm")
+
+
+@pytest.mark.parametrize("mode,size", [("fixed", None), ("fixed", (8, 8)), ("stretch", None)])
+def test_resize_policy_validation(mode, size):
+    with pytest.raises(ValueError):
+        ResizePolicy(mode, size)
+
+
+def test_overlay_blends():
+    a, b = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 200, np.uint8)
+    assert (overlay(a, b, 0.25) == 50).all() and (overlay(a, b, 0.0) == 0).all()
+
+
+# ---------------------------------------------------------------------------- image codec
+@pytest.mark.parametrize("encoding", list(image_codec.ENCODINGS))
+def test_codec_round_trip_every_encoding_with_row_padding(encoding):
+    img = rgb(5, 7)
+    if encoding == "mono8":
+        img = np.repeat(image_codec.from_rgb(img, "mono8")[..., None], 3, axis=2)
+    px = image_codec.from_rgb(img, encoding)
+    h, w, step, data = image_codec.encode(px, encoding)
+    # rows padded by 3 bytes, as some drivers do: the padding must be skipped
+    padded = b"".join(data[r * step:(r + 1) * step] + b"\xff\xff\xff" for r in range(h))
+    out = image_codec.to_rgb(image_codec.RawImage(h, w, encoding, step + 3, padded))
+    np.testing.assert_array_equal(out, img)
+
+
+def test_codec_channel_orders_by_hand():
+    px = np.array([[[10, 20, 30, 40]]], np.uint8)
+    assert image_codec.to_rgb(image_codec.RawImage(1, 1, "bgra8", 4, px.tobytes())).tolist() == [[[30, 20, 10]]]
+    assert image_codec.to_rgb(image_codec.RawImage(1, 1, "rgba8", 4, px.tobytes())).tolist() == [[[10, 20, 30]]]
+    assert image_codec.to_rgb(image_codec.RawImage(1, 1, "bgr8", 3, px[..., :3].tobytes())).tolist() == [[[30, 20, 10]]]
+    assert image_codec.to_rgb(image_codec.RawImage(1, 1, "mono8", 1, b"\x07")).tolist() == [[[7, 7, 7]]]
+
+
+@pytest.mark.parametrize(
+    "raw,kind",
+    [
+        (image_codec.RawImage(2, 2, "16UC1", 4, bytes(8)), "encoding"),
+        (image_codec.RawImage(0, 2, "rgb8", 6, b""), "empty"),
+        (image_codec.RawImage(2, 2, "rgb8", 5, bytes(10)), "step"),
+        (image_codec.RawImage(2, 2, "rgb8", 6, bytes(11)), "truncated"),
+        (image_codec.RawImage(2, 2, "rgb8", 6, bytes(13)), "size"),
+    ],
+)
+def test_codec_errors_name_their_kind(raw, kind):
+    with pytest.raises(image_codec.ImageDecodeError) as e:
+        image_codec.to_rgb(raw)
+    assert e.value.kind == kind
+
+
+# ---------------------------------------------------------------------------- zoo
+def test_zoo_save_load_round_trip_and_errors(tmp_path, ckpt):
+    z = ModelZoo([Variant("a", ckpt, 0.6), Variant("b", ckpt, 0.4)])
+    loaded = ModelZoo.load(z.save(tmp_path / "zoo.yaml"))
+    assert [(v.name, v.checkpoint.resolve(), v.miou) for v in loaded.variants] == [("a", ckpt.resolve(), 0.6), ("b", ckpt.resolve(), 0.4)]
+    with pytest.raises(ZooError, match="unique"):
+        ModelZoo([Variant("a", ckpt, 0.6), Variant("a", ckpt, 0.4)])
+    (tmp_path / "bad.yaml").write_text(json.dumps({"variants": [{"name": "x", "checkpoint": "missing.pt", "miou": 0.5}]}))
+    with pytest.raises(ZooError, match="missing.pt not found"):
+        ModelZoo.load(tmp_path / "bad.yaml")
+    (tmp_path / "pct.yaml").write_text(json.dumps({"variants": [{"name": "x", "checkpoint": str(ckpt), "miou": 74.3}]}))
+    with pytest.raises(ZooError, match="fraction"):
+        ModelZoo.load(tmp_path / "pct.yaml")
+    with pytest.raises(ZooError, match="no variant 'c'"):
+        loaded.get("c")
+
+
+# ---------------------------------------------------------------------------- selection
+def m(name, miou, p95):
+    return Measurement(Variant(name, None, miou), LatencyStats(p95 * 0.9, p95, p95 * 0.9, 10), False)
+
+
+@pytest.mark.parametrize(
+    "budget,expect,fits",
+    [(0.0, "big", True), (100.0, "big", True), (30.0, "mid", True), (15.0, "mid_fast", True), (9.0, "small", True), (2.0, "small", False)],
+)
+def test_select_most_accurate_that_fits(budget, expect, fits):
+    """At 15 ms tie_slow and mid_fast tie on mIoU: the faster wins."""
+    ms = [m("big", 0.75, 80.0), m("mid", 0.72, 25.0), m("tie_slow", 0.70, 14.0), m("mid_fast", 0.70, 12.0), m("small", 0.60, 8.0)]
+    sel = select_variant(ms, budget)
+    assert (sel.variant.name, sel.fits) == (expect, fits)
+    assert f"* {expect}:" in sel.describe()
+
+
+def test_select_rejects_nonfinite_budget():
+    with pytest.raises(ValueError, match="finite"):
+        select_variant([m("a", 0.5, 1.0)], float("nan"))
+
+
+# ---------------------------------------------------------------------------- latency cache
+def test_latency_cache_keys_on_device_and_checkpoint(tmp_path, ckpt):
+    cache = LatencyCache(tmp_path / "lat.json")
+    fp = device_fingerprint("torch", "cpu", 1)
+    key = LatencyCache.entry_key(ckpt, (48, 64), ResizePolicy())
+    stats = LatencyStats(1.0, 2.0, 1.5, 5)
+    cache.put(fp, key, stats)
+    assert cache.get(fp, key) == stats
+    assert cache.get(dict(fp, cpu="another cpu"), key) is None
+    assert cache.get(fp, LatencyCache.entry_key(ckpt, (48, 64), ResizePolicy("fixed", (32, 32)))) is None
+    (tmp_path / "lat.json").write_text("{not json")
+    assert cache.get(fp, key) is None  # a damaged cache means: measure again
+
+
+def test_measure_zoo_measures_once_then_uses_the_cache(tmp_path, ckpt, monkeypatch):
+    zoo = ModelZoo([Variant("tiny", ckpt, 0.5)])
+    cache = LatencyCache(tmp_path / "lat.json")
+    first = measure_zoo(zoo, (32, 48), cache=cache, iterations=3, warmup=1)
+    assert not first[0].cached and first[0].latency.samples == 3 and first[0].latency.p95 > 0
+
+    def no_segmenter(*a, **k):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr("hmseg_core.runtime.Segmenter", no_segmenter)
+    second = measure_zoo(zoo, (32, 48), cache=cache, iterations=3)
+    assert second[0].cached and second[0].latency == first[0].latency

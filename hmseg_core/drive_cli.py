@@ -79,25 +79,42 @@ def cmd_replay_eval(args: argparse.Namespace) -> int:
         print(f"hmseg-core replay-eval: needs ROS 2 (rclpy): {e}\n  on plain Python: pip install 'hmseg_ros[ros]'", file=sys.stderr)
         return 2
     from .bag import make_bag
-    from .metrics import format_table
 
     if not args.zoo and not args.checkpoint:
         raise ValueError("give --zoo (a model zoo index) or --checkpoint (train one with 'hmseg-core demo')")
     out = Path(args.out)
-    bag = args.bag
+    bag, scratch = args.bag, None
     if bag is None:  # build the drive from a data set or the synthetic street
         spec, frames = _source_frames(args)
         out.mkdir(parents=True, exist_ok=True)
-        bag = Path(tempfile.mkdtemp(prefix="drive_", dir=out)) / "drive"
+        if args.keep_drive:
+            bag = out / "drive"
+        else:  # data set frames do not stay behind in the report folder unless asked for
+            scratch = tempfile.TemporaryDirectory(prefix="hmseg_drive_")
+            bag = Path(scratch.name) / "drive"
         summary = make_bag(bag, frames, spec, args.storage, args.rate)
-        print(f"drive: {summary['frames']} frames {summary['size'][0]}x{summary['size'][1]} -> {bag}")
-    rep = run_replay_eval(
+        print(f"drive: {summary['frames']} frames {summary['size'][0]}x{summary['size'][1]} ({args.storage})")
+    try:
+        rep = _run(run_replay_eval, bag, out, args)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return _print_report(rep, args)
+
+
+def _run(run_replay_eval, bag, out, args):
+    return run_replay_eval(
         bag, out, zoo=args.zoo or "", model=args.checkpoint or "", budget_ms=args.budget, backend=args.backend,
         mode=args.mode, rate_scale=args.rate_scale, resize_policy="fixed" if args.network_size else "native",
         network_size=args.network_size, threads=args.threads, latency_cache=args.cache or "",
         offline_check=not args.no_offline_check,
         log=lambda s: print(s, file=sys.stderr),
     )
+
+
+def _print_report(rep, args) -> int:
+    from .metrics import format_table
+
     lat, seg = rep["latency_ms"] or {}, rep["segmenter"]
     print(rep["selection"])
     if rep["frames_evaluated"]:
@@ -155,6 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--cache", help="latency cache file")
     r.add_argument("--no-offline-check", action="store_true", help="skip the offline evaluation of the same frames")
     r.add_argument("--out", default="runs/replay_eval", help="report folder")
+    r.add_argument("--keep-drive", action="store_true", help="keep the generated bag as <out>/drive")
     _add_source_args(r)
     r.set_defaults(func=cmd_replay_eval)
 

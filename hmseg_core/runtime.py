@@ -21,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
@@ -66,9 +67,26 @@ class TorchBackend:
         return self.model(x.to(self.device))
 
 
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run this model here (compiled for another target, damaged library, missing runtime)."""
+
+
 BackendFactory = Callable[[Dict, str], Backend]
 # name -> factory(checkpoint dict, device); TVM / ONNX Runtime backends register here.
+# Loaded from a model package directory, the checkpoint dict carries it as ckpt["package"].
 BACKENDS: Dict[str, BackendFactory] = {"torch": TorchBackend}
+
+
+def _deploy_factory(name: str) -> BackendFactory:
+    def factory(ckpt: Dict, device: str) -> Backend:
+        from .deploy import create_backend  # imports tvm / onnxruntime only when used
+
+        return create_backend(name, ckpt, device)
+
+    return factory
+
+
+BACKENDS.update({name: _deploy_factory(name) for name in ("tvm", "onnxruntime")})
 
 
 # ---------------------------------------------------------------------------- resize policy
@@ -119,18 +137,35 @@ class Segmenter:
     def __init__(
         self,
         checkpoint: str | os.PathLike | Dict,
-        backend: str = "torch",
+        backend: Optional[str] = None,
         resize: ResizePolicy = ResizePolicy(),
         device: str = "cpu",
         name: Optional[str] = None,
+        fallback: bool = False,
     ) -> None:
+        """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
+        ``backend`` defaults to ``"tvm"`` for a package and ``"torch"`` otherwise; with ``fallback``
+        a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
+        is_package = not isinstance(checkpoint, dict) and Path(checkpoint).is_dir()
+        backend = backend or ("tvm" if is_package else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
-        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        if is_package:
+            from .deploy.package import ModelPackage
+
+            ckpt = ModelPackage.load(checkpoint).checkpoint()
+        else:
+            ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.source = None if isinstance(checkpoint, dict) else str(checkpoint)
         self.name = name or (Path(self.source).stem if self.source else "model")
         self.backend_name = backend
-        self.backend = BACKENDS[backend](ckpt, device)
+        try:
+            self.backend = BACKENDS[backend](ckpt, device)
+        except BackendUnavailable as e:
+            if not fallback or backend == "torch":
+                raise
+            warnings.warn(f"backend {backend!r} unavailable, running on torch instead: {e}", RuntimeWarning, stacklevel=2)
+            self.backend_name, self.backend = "torch", BACKENDS["torch"](ckpt, device)
         self.resize = resize
         self.class_names: List[str] = list(ckpt["class_names"])
         self.palette: List[List[int]] = [list(map(int, c)) for c in ckpt["palette"]]
@@ -467,7 +502,7 @@ def check_same_classes(zoo: ModelZoo) -> List[str]:
 
 
 __all__ = [
-    "BACKENDS", "Backend", "CheckpointError", "LatencyCache", "LatencyStats", "Measurement", "ModelZoo",
+    "BACKENDS", "Backend", "BackendUnavailable", "CheckpointError", "LatencyCache", "LatencyStats", "Measurement", "ModelZoo",
     "ResizePolicy", "Segmenter", "Selection", "Timings", "TorchBackend", "Variant", "ZooError",
     "check_same_classes", "device_fingerprint", "measure_latency", "measure_zoo", "overlay", "select_variant",
 ]

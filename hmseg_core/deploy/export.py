@@ -1,0 +1,178 @@
+"""Checkpoint -> model package: final network, BN folded, ``torch.export``, TVM Relax, compiled libraries.
+
+    checkpoint ─ model_from_checkpoint (boosting heads dropped) ─ fold_batchnorm
+               ─ torch.export (static input size) ─┬─ from_exported_program ─ tune/apply ─ tvm.compile ─ lib/<target>.so
+                                                   └─ torch.onnx.export ─ model.onnx
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from .fold import fold_batchnorm
+from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, ONNX, PARAMS, ModelPackage, sha256
+from .targets import TargetDict, cpu_features, cross_compiler, resolve_target, target_key
+from .tuning import TuningOptions, tune_and_apply
+
+Log = Callable[[str], None]
+ONNX_OPSET = 18
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ExportOptions:
+    """What to build: the static input size (HxW), targets, ONNX, tuning."""
+
+    input_size: Tuple[int, int] = (360, 480)
+    targets: Sequence[str | TargetDict] = ("host",)
+    onnx: bool = True
+    tuning: TuningOptions = field(default_factory=TuningOptions)
+    name: Optional[str] = None
+    overwrite: bool = False
+
+
+def deploy_network(ckpt: Dict[str, Any]) -> nn.Module:
+    """The network every backend of a package runs: inference-only, eval mode, BN folded."""
+    model, _ = model_from_checkpoint(ckpt, boosting=False)
+    return fold_batchnorm(model.for_inference())
+
+
+def export_program(net: nn.Module, input_size: Tuple[int, int]) -> torch.export.ExportedProgram:
+    example = torch.zeros(1, 3, *input_size)
+    with torch.no_grad():
+        return torch.export.export(net, (example,))
+
+
+def parameter_names(program: torch.export.ExportedProgram) -> List[str]:
+    """State-dict names of the parameters in the order the Relax function takes them after the input."""
+    from torch.export.graph_signature import InputKind
+
+    return [s.target for s in program.graph_signature.input_specs if s.kind is InputKind.PARAMETER]
+
+
+def to_relax(program: torch.export.ExportedProgram):
+    """Relax module with the weights kept as function parameters (stored once in ``params.npz``)."""
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    mod = from_exported_program(program, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod, _ = relax.frontend.detach_params(mod)
+    return mod
+
+
+def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptions, log: Log = _stderr) -> Dict[str, Any]:
+    """Tune (within budget), build and link one library; returns its metadata entry."""
+    import tvm
+
+    mod, report = tune_and_apply(mod, target, tuning, log)
+    log(f"compiling for {target_key(target)}")
+    executable = tvm.compile(mod, target=tvm.target.Target(target))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cxx = cross_compiler(target)
+    if cxx is not None:
+        if shutil.which(cxx) is None:
+            raise RuntimeError(f"cross-compiling for {target_key(target)} needs {cxx} (Debian: apt-get install g++-{cxx.split('-linux')[0]}-linux-gnu)")
+        from tvm.contrib import cc
+
+        executable.export_library(str(out_path), fcompile=cc.cross_compiler(cxx))
+    else:
+        executable.export_library(str(out_path))
+    return {
+        "file": out_path.name,
+        "target": target,
+        "target_key": target_key(target),
+        "cpu_features": cpu_features(target),
+        "tvm": tvm.__version__,
+        "tuning": report.as_dict(),
+    }
+
+
+def export_onnx(net: nn.Module, input_size: Tuple[int, int], out_path: Path) -> Dict[str, Any]:
+    example = torch.zeros(1, 3, *input_size)
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (example,), str(out_path), input_names=["image"], output_names=["logits"],
+            opset_version=ONNX_OPSET, dynamo=True, external_data=False,
+        )
+    return {"file": out_path.name, "opset": ONNX_OPSET, "torch": torch.__version__}
+
+
+def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, options: ExportOptions, log: Log = _stderr) -> ModelPackage:
+    """Build a model package directory from a checkpoint (see :mod:`hmseg_core.deploy.package`)."""
+    source = Path(checkpoint)
+    ckpt = load_checkpoint(source)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another directory or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = options.input_size
+
+    reference, _ = model_from_checkpoint(ckpt, boosting=False)
+    net = fold_batchnorm(reference.for_inference())
+    log(f"exporting {source.name}: {ckpt['genotype'][:60]}... at {h}x{w}")
+
+    # the torch backend's weights: the source checkpoint without training-only state
+    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
+    slim["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("boost.")}
+    atomic_save(slim, out / CHECKPOINT)
+
+    program = export_program(net, (h, w))
+    names = parameter_names(program)
+    state = net.state_dict()
+    np.savez(out / PARAMS, **{f"p{i:04d}": state[n].detach().cpu().numpy() for i, n in enumerate(names)})
+
+    miou = ckpt.get("best_miou")
+    meta: Dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": options.name or source.stem,
+        "genotype": ckpt["genotype"],
+        "class_names": list(ckpt["class_names"]),
+        "palette": [list(map(int, c)) for c in ckpt["palette"]],
+        "mean": list(map(float, ckpt["mean"])),
+        "std": list(map(float, ckpt["std"])),
+        "input_size": [h, w],
+        "accuracy": {"miou": float(miou)} if miou is not None else None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "source_checkpoint": {"name": source.name, "sha256": sha256(source)},
+        "params": {"file": PARAMS, "names": names},
+        "libraries": [],
+        "onnx": None,
+        "latency": {},
+        "files": {},
+    }
+    package = ModelPackage(out, meta)
+    package.add_file(CHECKPOINT)
+    package.add_file(PARAMS)
+
+    if options.targets:
+        mod = to_relax(program)
+        for spec in options.targets:
+            target = resolve_target(spec)
+            name = f"lib/{target_key(target)}.so"
+            entry = compile_library(mod, target, out / name, options.tuning, log)
+            entry["file"] = name
+            meta["libraries"] = [e for e in meta["libraries"] if e["file"] != name] + [entry]
+            package.add_file(name)
+    if options.onnx:
+        log("exporting ONNX")
+        meta["onnx"] = export_onnx(net, (h, w), out / ONNX)
+        package.add_file(ONNX)
+    package.save_metadata()
+    log(package.describe())
+    return package

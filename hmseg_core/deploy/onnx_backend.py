@@ -1,0 +1,39 @@
+"""Runs a package's ``model.onnx`` on ONNX Runtime (CPU, or CUDA where the provider exists)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import resize_to
+from .package import ModelPackage, PackageError
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime session over the BN-folded network at the package's input size."""
+
+    name = "onnxruntime"
+
+    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise PackageError(f"the onnxruntime backend needs ONNX Runtime: pip install 'hmseg[onnx]' ({e})") from None
+        if package.onnx is None:
+            raise PackageError(f"{package.root}: the package has no ONNX model; export it again without --no-onnx")
+        path = package.path(package.onnx["file"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else []
+        providers = [p for p in providers if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise PackageError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); export the package again") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_size = package.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = resize_to(x, self.input_size)
+        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().contiguous().numpy()})
+        return torch.from_numpy(logits)

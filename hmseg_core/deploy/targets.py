@@ -1,0 +1,113 @@
+"""Compilation targets as TVM target JSON dicts (TVM 0.27 refuses the old ``"llvm -mcpu=..."`` strings).
+
+Named targets:
+    ``host``     x86-64 / aarch64 LLVM for this machine's CPU (``mcpu`` as LLVM detects it)
+    ``aarch64``  64-bit Arm Linux, cross-compiled (needs ``aarch64-linux-gnu-g++``, Debian
+                 package ``g++-aarch64-linux-gnu``)
+    ``cuda``     NVIDIA GPU (``arch`` from the visible GPU, else ``sm_80``), host code for this CPU
+A JSON object string is taken as a target dict as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from typing import Any, Dict, List, Optional
+
+TargetDict = Dict[str, Any]
+
+
+def _tvm_codegen():
+    from tvm.target import codegen
+
+    return codegen
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def host_target(num_cores: Optional[int] = None) -> TargetDict:
+    """LLVM target for this CPU: its architecture, its LLVM CPU name (and so its vector features)."""
+    return {
+        "kind": "llvm",
+        "mtriple": f"{host_arch()}-linux-gnu",
+        "mcpu": str(_tvm_codegen().llvm_get_system_cpu()),
+        "num-cores": int(num_cores or os.cpu_count() or 1),
+    }
+
+
+def aarch64_target(mcpu: str = "cortex-a72", num_cores: int = 4) -> TargetDict:
+    return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "num-cores": num_cores}
+
+
+def cuda_target(arch: Optional[str] = None) -> TargetDict:
+    if arch is None:
+        try:
+            import torch
+
+            major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (8, 0)
+        except Exception:  # no CUDA runtime: fall back to a common architecture
+            major, minor = 8, 0
+        arch = f"sm_{major}{minor}"
+    return {"kind": "cuda", "arch": arch, "host": host_target()}
+
+
+def resolve_target(spec: str | TargetDict, num_cores: Optional[int] = None) -> TargetDict:
+    """``host`` / ``aarch64`` / ``cuda`` / a JSON dict -> a target dict."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    text = spec.strip()
+    if text.startswith("{"):
+        try:
+            target = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"target {spec!r} is not valid JSON: {e}") from None
+        if not isinstance(target, dict) or "kind" not in target:
+            raise ValueError(f"target {spec!r}: a JSON target needs a 'kind' entry")
+        return target
+    if text == "host":
+        return host_target(num_cores)
+    if text == "aarch64":
+        return aarch64_target()
+    if text == "cuda":
+        return cuda_target()
+    raise ValueError(f"unknown target {spec!r}; use host, aarch64, cuda or a JSON target dict")
+
+
+def target_arch(target: TargetDict) -> Optional[str]:
+    """CPU architecture the host code runs on (from ``mtriple``), or None when unspecified."""
+    host = target.get("host") if target.get("kind") != "llvm" else target
+    triple = (host or {}).get("mtriple") if isinstance(host, dict) else None
+    return triple.split("-", 1)[0] if triple else None
+
+
+def target_key(target: TargetDict) -> str:
+    """A short, file-name-safe name: ``llvm-x86_64-rocketlake``, ``cuda-sm_86``."""
+    if target.get("kind") == "llvm":
+        parts = ["llvm", target_arch(target) or "any", str(target.get("mcpu", "generic"))]
+    else:
+        parts = [str(target.get("kind")), str(target.get("arch", ""))]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p))
+
+
+def cpu_features(target: TargetDict) -> List[str]:
+    """LLVM CPU features the target's host code may use (empty when there is no CPU code to check)."""
+    host = target if target.get("kind") == "llvm" else target.get("host")
+    if not isinstance(host, dict) or "mcpu" not in host:
+        return []
+    import tvm
+
+    t = tvm.target.Target({k: v for k, v in host.items() if k in ("kind", "mtriple", "mcpu", "mattr")})
+    return sorted(_tvm_codegen().llvm_get_cpu_features(t))
+
+
+def cross_compiler(target: TargetDict) -> Optional[str]:
+    """The C++ compiler that links a library for ``target`` here; None means the default one."""
+    arch = target_arch(target)
+    if arch is None or arch == host_arch():
+        return None
+    return f"{arch}-linux-gnu-g++"

@@ -1,0 +1,125 @@
+"""MetaSchedule tuning with a trial budget, a progress display, and a records database per target.
+
+Records live in ``<db_root>/<target key>/`` (MetaSchedule's JSON database). A task whose
+workload already has a valid record there is not tuned again, so exporting a second network
+built from the same operators (every searched variant shares the operator table) costs no
+tuning; ``retune=True`` tunes every task again and adds records.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from .targets import TargetDict, target_key
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TuningOptions:
+    """How much to tune, and where the records live."""
+
+    trials: int = 0                      # total trial budget; 0 = only apply existing records
+    db_root: Optional[Path] = None       # records directory root (one sub-directory per target)
+    trials_per_task: int = 64
+    retune: bool = False                 # tune tasks that already have records, too
+    builder_timeout_s: float = 120.0     # generous: a loaded 2-core machine builds slowly
+    seed: int = 0
+
+    def work_dir(self, target: TargetDict) -> Optional[Path]:
+        return None if self.db_root is None else Path(self.db_root) / target_key(target)
+
+
+@dataclass
+class TuningReport:
+    tasks: int
+    tasks_tuned: int
+    tasks_reused: int
+    trials: int
+    seconds: float
+    work_dir: Optional[str]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _progress_callback(total: int, log: Log):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        """Prints trials done / budget and the best latency of the task just measured."""
+
+        def __init__(self) -> None:
+            self.done = 0
+            self.start = time.perf_counter()
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            self.done += len(measure_candidates)
+            ok = [sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in runner_results if r.error_msg is None and r.run_secs]
+            best = f", best {1e3 * min(ok):.3f} ms" if ok else ", no valid sample"
+            log(f"tuning: {self.done}/{total} trials, task #{task_id}{best}, {time.perf_counter() - self.start:.0f} s")
+
+    return Progress()
+
+
+def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = lambda s: print(s, file=sys.stderr)):
+    """Lower ``mod`` for tuning, tune within the budget, apply the records; returns ``(mod, report)``.
+
+    The returned module is what ``tvm.compile`` builds. Without a database directory the
+    module is only lowered (the default schedules apply at build time).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    tvm_target = tvm.target.Target(target)
+    start = time.perf_counter()
+    with tvm_target:
+        mod = tvm.transform.Sequential(
+            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), relax.pipeline.zero_pipeline()]
+        )(mod)
+    work_dir = options.work_dir(target)
+    if work_dir is None:
+        if options.trials > 0:
+            raise ValueError("tuning needs a records directory (--tuning-db)")
+        return mod, TuningReport(0, 0, 0, 0, 0.0, None)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    todo = [
+        t for t in tasks
+        if options.retune or database.query_tuning_record(t.dispatched[0], tvm_target, "main") is None
+    ]
+    reused = len(tasks) - len(todo)
+    trials = 0
+    if options.trials > 0 and todo:
+        log(f"tuning {len(todo)} of {len(tasks)} tasks ({reused} reused from {work_dir}), budget {options.trials} trials")
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            todo, str(work_dir), num_threads=int(target.get("num-cores", 1)) if target.get("kind") == "llvm" else "physical",
+            seed=options.seed,
+        )
+        progress = _progress_callback(options.trials, log)
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=options.trials,
+            max_trials_per_task=min(options.trials_per_task, options.trials),
+            num_trials_per_iter=min(64, options.trials_per_task, options.trials),
+            builder=ms.builder.LocalBuilder(timeout_sec=options.builder_timeout_s),
+            database=database,
+            measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
+        )
+        trials = progress.done
+    elif todo:
+        log(f"{len(todo)} of {len(tasks)} tasks have no tuning records in {work_dir} (budget 0: default schedules)")
+    with tvm_target:
+        mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+    tuned = len(todo) if trials else 0
+    return mod, TuningReport(len(tasks), tuned, reused, trials, time.perf_counter() - start, str(work_dir))

@@ -1,0 +1,93 @@
+"""Runs a package's compiled TVM library on the Relax virtual machine."""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from ..model import resize_to
+from .package import ModelPackage, PackageError
+from .targets import cpu_features, host_arch, host_target, target_arch
+
+
+def _installed_tvm() -> str:
+    try:
+        import tvm
+    except ImportError as e:
+        raise PackageError(f"the tvm backend needs TVM: pip install 'hmseg[tvm]' ({e})") from None
+    return tvm.__version__
+
+
+def select_library(package: ModelPackage, device: str) -> Dict[str, Any]:
+    """The package's library for this machine and device, or a :class:`PackageError` saying why none fits."""
+    kind = "cuda" if device.startswith("cuda") else "llvm"
+    libs = [lib for lib in package.libraries if lib["target"].get("kind") == kind]
+    others = ", ".join(lib["target_key"] for lib in package.libraries) or "none"
+    fix = f"`hmseg-core export CHECKPOINT {package.root} --overwrite --target {'cuda' if kind == 'cuda' else 'host'}` on this machine"
+    if not libs:
+        raise PackageError(f"{package.root}: no {kind} library in the package (it has: {others}); build one with {fix}")
+    arch = host_arch()
+    libs = [lib for lib in libs if target_arch(lib["target"]) in (None, arch)]
+    if not libs:
+        raise PackageError(f"{package.root}: compiled for another CPU architecture ({others}), this machine is {arch}; build with {fix}")
+    host_features = set(cpu_features(host_target()))
+    usable: List[Dict[str, Any]] = []
+    missing_by_lib = {}
+    for lib in libs:
+        missing = sorted(set(lib.get("cpu_features", [])) - host_features)
+        (missing_by_lib.__setitem__(lib["target_key"], missing) if missing else usable.append(lib))
+    if not usable:
+        detail = "; ".join(f"{k} needs {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}" for k, v in missing_by_lib.items())
+        raise PackageError(f"{package.root}: compiled for a CPU with features this one lacks ({detail}); build with {fix}")
+    # prefer the library built for exactly this CPU, then the most tuned one
+    mcpu = host_target()["mcpu"]
+    return max(usable, key=lambda lib: (lib["target"].get("mcpu") == mcpu, lib.get("tuning", {}).get("trials", 0)))
+
+
+class TVMBackend:
+    """TVM Relax VM over ``lib/<target>.so`` with the folded weights from ``params.npz``.
+
+    The library is compiled for one input size; other sizes are resized to it (the
+    Segmenter resizes the logits back to the image's size).
+    """
+
+    name = "tvm"
+
+    def __init__(self, package: ModelPackage, device: str = "cpu") -> None:
+        installed = _installed_tvm()
+        lib = select_library(package, device)
+        if lib.get("tvm") != installed:
+            raise PackageError(
+                f"{package.root}: {lib['file']} was built with TVM {lib.get('tvm')}, this is TVM {installed}; "
+                f"install apache-tvm=={lib.get('tvm')} or export the package again"
+            )
+        import tvm
+        from tvm import relax
+
+        path = package.path(lib["file"])
+        try:
+            module = tvm.runtime.load_module(str(path))
+        except Exception as e:  # the loader raises several types for unloadable shared objects
+            raise PackageError(f"{path}: cannot be loaded ({type(e).__name__}: {e}); export the package again") from None
+        self.device = tvm.cuda(0) if device.startswith("cuda") else tvm.cpu(0)
+        self.vm = relax.VirtualMachine(module, self.device)
+        self.input_size = package.input_size
+        self.library = lib
+        names = package.metadata["params"]["names"]
+        params_path = package.path(package.metadata["params"]["file"])
+        with np.load(params_path) as arrays:
+            if len(arrays.files) != len(names):
+                raise PackageError(f"{params_path}: {len(arrays.files)} arrays, metadata lists {len(names)}; export the package again")
+            self.params = [tvm.runtime.tensor(arrays[f"p{i:04d}"], self.device) for i in range(len(names))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = resize_to(x, self.input_size)
+        import tvm
+
+        data = tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), self.device)
+        out = self.vm["main"](data, *self.params)
+        return torch.from_numpy(out.numpy())

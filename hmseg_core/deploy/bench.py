@@ -1,0 +1,112 @@
+"""Side-by-side latency of backends in one process: interleaved runs after a warm-up, median and p95.
+
+Each round runs every (package, backend) once, in turn, so load changes on the machine
+spread over all rows instead of penalising whichever ran last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..runtime import Segmenter, device_fingerprint
+from .package import ModelPackage
+
+
+@dataclass
+class BenchRow:
+    """One (package, backend) row: inference-only and end-to-end milliseconds."""
+
+    package: str
+    backend: str
+    label: str
+    size: Tuple[int, int]
+    inference_ms: List[float]
+    total_ms: List[float]
+
+    def stats(self) -> Dict[str, float]:
+        inf, tot = np.asarray(self.inference_ms), np.asarray(self.total_ms)
+        return {
+            "median_ms": float(np.median(inf)), "p95_ms": float(np.percentile(inf, 95)),
+            "total_median_ms": float(np.median(tot)), "total_p95_ms": float(np.percentile(tot, 95)),
+            "runs": int(inf.size),
+        }
+
+
+def set_threads(threads: int) -> None:
+    """One thread count for every runtime in this process (torch, ONNX Runtime sessions made later, TVM)."""
+    torch.set_num_threads(threads)
+    try:
+        import tvm
+
+        tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    except (ImportError, ValueError, AttributeError):
+        pass  # no TVM here: only the other backends run
+
+
+def _label(seg: Segmenter) -> str:
+    if seg.backend_name == "tvm":
+        trials = seg.backend.library.get("tuning", {}).get("trials", 0)
+        return f"TVM {'tuned, ' + str(trials) + ' trials' if trials else 'untuned'}"
+    return {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager"}.get(seg.backend_name, seg.backend_name)
+
+
+def bench(
+    packages: Sequence[str | Path],
+    backends: Sequence[str] = ("tvm", "onnxruntime", "torch"),
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int = 2,
+    size: Optional[Tuple[int, int]] = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> List[BenchRow]:
+    """Time every backend of every package on one random image (the package's input size unless ``size``)."""
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    set_threads(threads)
+    rows: List[Tuple[BenchRow, Segmenter, np.ndarray]] = []
+    seen_torch = set()
+    for pkg in packages:
+        package = ModelPackage.load(pkg)
+        for backend in backends:
+            if (backend == "tvm" and not package.libraries) or (backend == "onnxruntime" and package.onnx is None):
+                log(f"{package.root.name}: no {backend} model in the package, skipped")
+                continue
+            seg = Segmenter(pkg, backend=backend)
+            if backend == "torch":  # one torch row per network: tuned/untuned packages share it
+                if seg.genotype in seen_torch:
+                    continue
+                seen_torch.add(seg.genotype)
+            h, w = size or package.input_size
+            rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            rows.append((BenchRow(Path(pkg).name, backend, _label(seg), (h, w), [], []), seg, rgb))
+    for i in range(warmup + runs):
+        for row, seg, rgb in rows:
+            t = time.perf_counter()
+            _, timings = seg.segment(rgb)
+            if i >= warmup:
+                row.total_ms.append(1e3 * (time.perf_counter() - t))
+                row.inference_ms.append(timings.inference)
+        if i == warmup - 1 or (i >= warmup and (i - warmup + 1) % 10 == 0):
+            log(f"round {max(0, i - warmup + 1)}/{runs}")
+    return [row for row, _, _ in rows]
+
+
+def format_table(rows: Sequence[BenchRow], threads: int) -> str:
+    lines = [
+        f"{threads} threads, {device_fingerprint('-')['cpu']}",
+        "| package | size | backend | median ms | p95 ms | end-to-end median ms | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r.stats()
+        lines.append(
+            f"| {r.package} | {r.size[0]}x{r.size[1]} | {r.label} | {s['median_ms']:.2f} | {s['p95_ms']:.2f} | "
+            f"{s['total_median_ms']:.2f} | {s['runs']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""``hmseg-core export`` and ``hmseg-core bench`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import cli
+from ..runtime import BackendUnavailable
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, export_package
+    from .tuning import TuningOptions
+
+    if args.trials > 0 and not args.tuning_db:
+        raise ValueError("--trials needs --tuning-db DIR (where the records are kept and reused)")
+    options = ExportOptions(
+        input_size=args.input_size,
+        targets=[] if args.no_tvm else (args.target or ["host"]),
+        onnx=not args.no_onnx,
+        tuning=TuningOptions(
+            trials=args.trials, db_root=Path(args.tuning_db) if args.tuning_db else None,
+            trials_per_task=args.trials_per_task, retune=args.retune,
+        ),
+        name=args.name,
+        overwrite=args.overwrite,
+    )
+    try:
+        export_package(args.checkpoint, args.out, options)
+    except BackendUnavailable as e:
+        print(f"hmseg-core export: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_table
+    from .package import ModelPackage
+    from ..runtime import device_fingerprint
+
+    try:
+        rows = bench(args.packages, args.backends, args.runs, args.warmup, args.threads, args.size,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    except BackendUnavailable as e:
+        print(f"hmseg-core bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"package": r.package, "backend": r.backend, "label": r.label, "size": r.size, **r.stats()} for r in rows], indent=2))
+    else:
+        print(format_table(rows, args.threads))
+    if args.record:
+        by_path = {Path(p).name: Path(p) for p in args.packages}
+        for r in rows:
+            package = ModelPackage.load(by_path[r.package])
+            package.record_latency(device_fingerprint(r.backend, threads=args.threads), f"{r.size[0]}x{r.size[1]}", r.stats())
+            package.save_metadata()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="checkpoint -> model package (TVM libraries per target, ONNX, metadata)")
+    e.add_argument("checkpoint")
+    e.add_argument("out", help="package directory to create")
+    e.add_argument("--input-size", type=cli._size, default=(360, 480), metavar="HxW", help="static network input size")
+    e.add_argument("--target", action="append", default=None,
+                   help="host (default), aarch64, cuda, or a TVM target JSON dict; repeat for several")
+    e.add_argument("--trials", type=int, default=0, help="MetaSchedule trial budget (0: apply existing records only)")
+    e.add_argument("--trials-per-task", type=int, default=64)
+    e.add_argument("--tuning-db", help="tuning records directory, one sub-directory per target, reused across exports")
+    e.add_argument("--retune", action="store_true", help="tune tasks that already have records, too")
+    e.add_argument("--no-onnx", action="store_true")
+    e.add_argument("--no-tvm", action="store_true", help="skip the TVM libraries (ONNX and torch weights only)")
+    e.add_argument("--name", help="package name in the metadata (default: the checkpoint's file name)")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
+    e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="interleaved latency of backends on model packages (median, p95)")
+    b.add_argument("packages", nargs="+", help="model package directories (e.g. an untuned and a tuned export)")
+    b.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch"], choices=["tvm", "onnxruntime", "torch"])
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--size", type=cli._size, help="image size HxW (default: each package's input size)")
+    b.add_argument("--record", action="store_true", help="store the results in each package's metadata under this device")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+
+cli._PLUGINS.append(register)

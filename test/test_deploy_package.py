@@ -1,0 +1,224 @@
+"""Export -> compile -> run on a tiny network, the package format, and every bad-package error path."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hmseg_core.checkpoint import atomic_save, make_checkpoint
+from hmseg_core.deploy.fold import fold_batchnorm
+from hmseg_core.registry import create_model
+from hmseg_core.runtime import Segmenter
+
+SIZE = (64, 96)
+CLASSES = [f"class{i}" for i in range(11)]
+PALETTE = [[i * 20, 255 - i * 20, i * 7] for i in range(11)]
+
+
+def _random_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial batch-norm statistics, so folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+
+
+def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
+    torch.manual_seed(0)
+    net = create_model("mrms_tiny", 11, boosting=False).eval()
+    _random_bn(net)
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()), "folding must not touch the source model"
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_fold_batchnorm_refuses_a_lone_batchnorm():
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold_batchnorm(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4)))
+
+
+# ---------------------------------------------------------------------------- with TVM
+tvm = pytest.importorskip("tvm", reason="TVM not installed (pip install 'hmseg[tvm]')")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'hmseg[onnx]')")
+
+from hmseg_core.deploy.export import ExportOptions, export_package  # noqa: E402
+from hmseg_core.deploy.package import ModelPackage, PackageError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = create_model("mrms_tiny", 11)
+    _random_bn(net)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    atomic_save(make_checkpoint(net, CLASSES, PALETTE, [0.4, 0.45, 0.5], [0.25, 0.25, 0.25], best_miou=0.5), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def package_dir(checkpoint, tmp_path_factory):
+    """One export (zero tuning trials, host LLVM, ONNX) shared by the tests; copies get damaged."""
+    out = tmp_path_factory.mktemp("pkg") / "tiny"
+    export_package(checkpoint, out, ExportOptions(input_size=SIZE), log=lambda s: None)
+    return out
+
+
+@pytest.fixture
+def package_copy(package_dir, tmp_path):
+    return shutil.copytree(package_dir, tmp_path / "copy")
+
+
+def _images(n=3, size=SIZE):
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _edit_metadata(root, edit):
+    path = root / "metadata.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("backend", ["tvm", "onnxruntime"])
+def test_backend_labels_equal_torch(package_dir, backend):
+    ref = Segmenter(package_dir, backend="torch")
+    seg = Segmenter(package_dir, backend=backend)
+    max_diff = 0.0
+    for rgb in _images():
+        labels, timings = seg.segment(rgb)
+        expected = ref(rgb)
+        assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
+        assert (labels == expected).mean() >= 0.999
+        assert timings.inference > 0
+        x = torch.randn(1, 3, *SIZE)
+        max_diff = max(max_diff, (seg.backend.forward(x) - ref.backend.forward(x)).abs().max().item())
+    assert max_diff < 1e-3, f"max logit difference {max_diff}"
+
+
+def test_default_backend_of_a_package_is_tvm_and_labels_come_back_at_input_size(package_dir):
+    seg = Segmenter(package_dir)
+    assert seg.backend_name == "tvm"
+    rgb = _images(1, (50, 70))[0]  # another size: the backend resizes to the compiled size and back
+    assert seg(rgb).shape == (50, 70)
+
+
+def test_metadata_round_trip(package_dir, checkpoint):
+    pkg = ModelPackage.load(package_dir)
+    meta = pkg.metadata
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert meta["format"] == "hmseg-package" and meta["format_version"] == 1
+    assert meta["genotype"] == ckpt["genotype"]
+    assert meta["class_names"] == CLASSES and meta["palette"] == PALETTE
+    assert meta["mean"] == pytest.approx([0.4, 0.45, 0.5]) and meta["std"] == pytest.approx([0.25] * 3)
+    assert pkg.input_size == SIZE and meta["accuracy"] == {"miou": 0.5}
+    (lib,) = pkg.libraries
+    assert lib["tvm"] == tvm.__version__ and lib["target"]["kind"] == "llvm" and lib["tuning"]["trials"] == 0
+    assert set(meta["files"]) == {"checkpoint.pt", "params.npz", "model.onnx", lib["file"]}
+    seg = Segmenter(package_dir, backend="torch")
+    assert seg.class_names == CLASSES and seg.palette == PALETTE and seg.genotype == ckpt["genotype"]
+    assert not any(k.startswith("boost.") for k in torch.load(package_dir / "checkpoint.pt", weights_only=True)["model"])
+
+
+def test_latency_record_round_trip(package_copy):
+    from hmseg_core.runtime import device_fingerprint, fingerprint_key
+
+    pkg = ModelPackage.load(package_copy)
+    fp = device_fingerprint("tvm", threads=2)
+    pkg.record_latency(fp, "64x96", {"median_ms": 1.5, "p95_ms": 2.0})
+    pkg.save_metadata()
+    again = ModelPackage.load(package_copy).metadata["latency"][fingerprint_key(fp)]
+    assert again["fingerprint"] == fp and again["entries"]["64x96"]["median_ms"] == 1.5
+
+
+# ---------------------------------------------------------------------------- error paths
+def test_missing_file(package_copy):
+    (package_copy / "params.npz").unlink()
+    with pytest.raises(PackageError, match="params.npz: missing"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_missing_metadata(package_copy):
+    (package_copy / "metadata.json").unlink()
+    with pytest.raises(PackageError, match="metadata.json: missing.*hmseg-core export"):
+        Segmenter(package_copy)
+
+
+def test_truncated_library(package_copy):
+    (lib,) = ModelPackage.load(package_copy).libraries
+    path = package_copy / lib["file"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(PackageError, match="truncated or corrupt"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_corrupt_library_that_matches_its_digest_fails_to_load(package_copy):
+    pkg = ModelPackage.load(package_copy)
+    (lib,) = pkg.libraries
+    (package_copy / lib["file"]).write_bytes(b"\x7fELF not really a shared object")
+    pkg.add_file(lib["file"])
+    pkg.save_metadata()
+    with pytest.raises(PackageError, match="cannot be loaded.*export the package again"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_tvm_version_mismatch(package_copy):
+    _edit_metadata(package_copy, lambda m: m["libraries"][0].update(tvm="0.1.0"))
+    with pytest.raises(PackageError, match="built with TVM 0.1.0.*install apache-tvm==0.1.0"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_package_format_version_mismatch(package_copy):
+    _edit_metadata(package_copy, lambda m: m.update(format_version=99))
+    with pytest.raises(PackageError, match="format version 99"):
+        Segmenter(package_copy)
+
+
+def test_compiled_for_another_architecture(package_copy):
+    _edit_metadata(package_copy, lambda m: m["libraries"][0]["target"].update(mtriple="riscv64-linux-gnu"))
+    with pytest.raises(PackageError, match="another CPU architecture.*--target host"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_compiled_for_a_cpu_with_more_features(package_copy):
+    _edit_metadata(package_copy, lambda m: m["libraries"][0]["cpu_features"].append("imaginary-simd"))
+    with pytest.raises(PackageError, match="features this one lacks.*imaginary-simd"):
+        Segmenter(package_copy, backend="tvm")
+
+
+def test_no_library_for_the_device(package_copy):
+    with pytest.raises(PackageError, match="no cuda library"):
+        Segmenter(package_copy, backend="tvm", device="cuda")
+
+
+def test_fallback_to_torch_warns_and_still_segments(package_copy, package_dir):
+    _edit_metadata(package_copy, lambda m: m["libraries"][0].update(tvm="0.1.0"))
+    with pytest.warns(RuntimeWarning, match="running on torch instead"):
+        seg = Segmenter(package_copy, backend="tvm", fallback=True)
+    assert seg.backend_name == "torch"
+    rgb = _images(1)[0]
+    np.testing.assert_array_equal(seg(rgb), Segmenter(package_dir, backend="torch")(rgb))
+
+
+def test_deploy_backends_need_a_package(checkpoint):
+    from hmseg_core.runtime import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="hmseg-core export"):
+        Segmenter(checkpoint, backend="tvm")
+
+
+def test_cli_export_refuses_trials_without_a_records_directory(checkpoint, tmp_path, capsys):
+    from hmseg_core.cli import main
+
+    assert main(["export", str(checkpoint), str(tmp_path / "p"), "--trials", "8"]) == 2
+    assert "--tuning-db" in capsys.readouterr().err

@@ -21,6 +21,7 @@ PINS = {
     "psutil": "psutil>=5.9",
     "onnx": "onnx>=1.17",
     "onnxruntime": "onnxruntime>=1.20",
+    "onnxscript": "onnxscript>=0.7",  # torch.onnx.export(dynamo=True) needs it
 }
 # On a ROS 2 distro these come from the distro; on plain Python from the PyPI ROS wheels.
 ROS_WHEELS = ["ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp"]
@@ -40,7 +41,7 @@ setup(
     extras_require={
         "ros": ROS_WHEELS + [PINS["rosbags"]],
         "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"]],
-        "onnx": [PINS["onnx"], PINS["onnxruntime"]],
+        "onnx": [PINS["onnx"], PINS["onnxruntime"], PINS["onnxscript"]],
         "test": [PINS["pytest"]],
     },
     zip_safe=True,

@@ -77,12 +77,12 @@ def bench(
             if (backend == "tvm" and not package.libraries) or (backend == "onnxruntime" and package.onnx is None):
                 log(f"{package.root.name}: no {backend} model in the package, skipped")
                 continue
-            seg = Segmenter(pkg, backend=backend)
-            if backend == "torch":  # one torch row per network: tuned/untuned packages share it
-                if seg.genotype in seen_torch:
-                    continue
-                seen_torch.add(seg.genotype)
             h, w = size or package.input_size
+            if backend == "torch":  # one torch row per network and size: tuned/untuned packages share it
+                if (package.metadata["genotype"], h, w) in seen_torch:
+                    continue
+                seen_torch.add((package.metadata["genotype"], h, w))
+            seg = Segmenter(pkg, backend=backend)
             rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             rows.append((BenchRow(Path(pkg).name, backend, _label(seg), (h, w), [], []), seg, rgb))
     for i in range(warmup + runs):

@@ -1,0 +1,66 @@
+"""TVM untuned vs TVM tuned vs ONNX Runtime vs PyTorch eager, for mrms_tiny and mrms at two sizes.
+
+Exports the packages (random weights unless --checkpoint NAME=PATH is given; latency does not
+depend on the weights), then runs ``hmseg_core.deploy.bench`` on all of them in one process,
+interleaved. Tuning records go to --tuning-db and are reused by later runs. Hours of tuning on
+a 2-core CPU: see docs/DEPLOY.md for the budget.
+
+    python benchmarks/bench_backends.py --out runs/bench --tuning-db runs/tuning --trials 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from hmseg_core.checkpoint import atomic_save, make_checkpoint
+from hmseg_core.data.datasets import CAMVID
+from hmseg_core.deploy.bench import bench, format_table
+from hmseg_core.deploy.export import ExportOptions, export_package
+from hmseg_core.deploy.tuning import TuningOptions
+from hmseg_core.registry import create_model
+
+SIZES = [(360, 480), (768, 1536)]
+MODELS = ["mrms_tiny", "mrms"]
+
+
+def random_checkpoint(name: str, path: Path) -> Path:
+    torch.manual_seed(0)
+    net = create_model(name, CAMVID.num_classes)
+    atomic_save(make_checkpoint(net, CAMVID.class_names, CAMVID.palette, CAMVID.mean, CAMVID.std), path)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--tuning-db", type=Path, default=Path("runs/tuning"))
+    p.add_argument("--trials", type=int, default=2000, help="tuning budget per tuned package")
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES])
+    p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    given = dict(c.split("=", 1) for c in args.checkpoint)
+    packages = []
+    for model in args.models:
+        ckpt = Path(given[model]) if model in given else random_checkpoint(model, args.out / f"{model}.pt")
+        for size in args.sizes:
+            h, w = (int(v) for v in size.split("x"))
+            for trials in (0, args.trials):
+                out = args.out / f"{model}_{h}x{w}_{'tuned' if trials else 'untuned'}"
+                if not (out / "metadata.json").is_file():
+                    tuning = TuningOptions(trials=trials, db_root=args.tuning_db if trials else None)
+                    export_package(ckpt, out, ExportOptions(input_size=(h, w), onnx=not trials, tuning=tuning, overwrite=True))
+                packages.append(out)
+    rows = bench(packages, runs=args.runs, threads=args.threads, log=lambda s: print(s, file=sys.stderr))
+    print(format_table(rows, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

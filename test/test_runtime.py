@@ -53,8 +53,8 @@ def test_segmenter_rejects_bad_input_and_unknown_backend(ckpt):
     for bad in (rgb().astype(np.float32), rgb()[..., :2], np.zeros((4, 4), np.uint8)):
         with pytest.raises(ValueError, match="RGB uint8"):
             seg(bad)
-    with pytest.raises(ValueError, match="unknown backend 'tvm'; available: torch"):
-        Segmenter(ckpt, backend="tvm")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; available: onnxruntime, torch, tvm"):
+        Segmenter(ckpt, backend="tensorrt")
 
 
 @pytest.mark.parametrize("mode,size", [("fixed", None), ("fixed", (8, 8)), ("stretch", None)])

@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from . import drive_cli  # noqa: F401  (bag, zoo, replay-eval; imports no ROS until run)
+    from .search import cli as search_cli  # noqa: F401  (lut, search; imports no torch until run)
     from .deploy import cli as deploy_cli  # noqa: F401  (export, bench; imports no TVM until run)
 
     for register in _PLUGINS:

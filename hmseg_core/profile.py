@@ -20,6 +20,13 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     normalisation, activations and bilinear resizing are not counted. Papers in this field,
     HMSeg included, report this quantity as "FLOPs".
     """
+    p = next(model.parameters())
+    return count_macs_on(model, [torch.zeros(1, 3, *input_size, dtype=p.dtype, device=p.device)])
+
+
+@torch.no_grad()
+def count_macs_on(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
+    """Multiply-accumulates of ``model(*inputs)`` (any module, any inputs; counted as in :func:`count_macs`)."""
     total = 0
 
     def conv_hook(m: nn.Conv2d, inp, out) -> None:
@@ -40,8 +47,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        p = next(model.parameters())
-        model(torch.zeros(1, 3, *input_size, dtype=p.dtype, device=p.device))
+        model(*inputs)
     finally:
         model.train(was_training)
         for h in handles:

@@ -1,0 +1,123 @@
+"""``hmseg-core lut build|check`` and ``hmseg-core search``; registered through :data:`hmseg_core.cli._PLUGINS`.
+
+Importing this module imports neither torch nor the search code; handlers import them when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .. import cli
+
+
+def _backend(args: argparse.Namespace):
+    from .lut import TorchBackend
+
+    return TorchBackend(args.device, args.threads)
+
+
+def cmd_lut_build(args: argparse.Namespace) -> int:
+    from ..registry import get_genotype
+    from .lut import LatencyTable
+    from .space import SearchSpace
+
+    space = SearchSpace.from_genotype(get_genotype(args.base, args.classes), "O+D+R", args.ratios)
+    print(space.describe(), file=sys.stderr)
+    table = LatencyTable.measure(space, args.input_size, _backend(args), args.warmup, args.repeats, progress=True)
+    path = table.save(args.out)
+    print(json.dumps({"table": str(path), "entries": len(table.entries), "base_latency_ms": table.predict(space.base),
+                      "fingerprint": table.fingerprint}, indent=2))
+    return 0
+
+
+def cmd_lut_check(args: argparse.Namespace) -> int:
+    from ..genotype import Genotype
+    from .lut import LatencyTable, check_fidelity
+    from .space import SearchSpace
+
+    backend = _backend(args)
+    table = LatencyTable.load(args.table, device=backend.fingerprint())
+    space = SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
+    report = check_fidelity(table, space, backend, args.genotypes, args.seed, args.warmup, args.repeats, progress=True)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=2)
+    print(f"{report['count']} genotypes at {table.input_size[0]}x{table.input_size[1]}: LUT vs measured latency, "
+          f"median error {100 * report['median_abs_rel_error']:.1f} %, worst {100 * report['worst_abs_rel_error']:.1f} %")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import load_search_config
+    from .lut import LatencyTable, TorchBackend
+    from .searcher import search
+
+    cfg = load_search_config(
+        args.config, args.set, base=args.base, space=args.space, lut=args.lut, metric=args.metric, target=args.target,
+        data_root=args.data_root, out_dir=args.out, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        batch_size=args.batch_size, threads=args.threads,
+    )
+    # latency is only meaningful on the device it was measured on; MACs and params anywhere
+    device = TorchBackend("cpu").fingerprint() if cfg.metric == "latency_ms" and not args.any_device else None
+    table = LatencyTable.load(cfg.lut, device=device)
+    summary = search(cfg, table, resume=args.resume, stop_at_step=args.max_steps)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _ratios(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated ratios (e.g. 0.4,0.5,0.6)") from None
+
+
+def _add_measure_args(p: argparse.ArgumentParser, repeats: int) -> None:
+    p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (part of the fingerprint)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=repeats, help="timed runs per candidate; the median is kept")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lut = sub.add_parser("lut", help="cost lookup table of a search space (latency, MACs, params)")
+    lsub = lut.add_subparsers(dest="lut_command", required=True)
+    b = lsub.add_parser("build", help="measure every candidate of the O+D+R space around a base genotype")
+    b.add_argument("--base", default="mrms_tiny", help="registered model or genotype string")
+    b.add_argument("--classes", type=int, default=11)
+    b.add_argument("--input-size", type=cli._size, default=(360, 480), help="deployment input HxW")
+    b.add_argument("--ratios", type=_ratios, default=(0.4, 0.5, 0.6), help="resolution ratio choices")
+    b.add_argument("--out", required=True, help="table file (JSON)")
+    _add_measure_args(b, 20)
+    b.set_defaults(func=cmd_lut_build)
+    c = lsub.add_parser("check", help="LUT-predicted vs measured end-to-end latency of random architectures")
+    c.add_argument("--table", required=True)
+    c.add_argument("--genotypes", type=int, default=10)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--report", help="write the JSON report here")
+    _add_measure_args(c, 20)
+    c.set_defaults(func=cmd_lut_check)
+
+    s = sub.add_parser("search", help="Gumbel-softmax architecture search against a cost target")
+    s.add_argument("--config", help="YAML file (config/search_camvid.yaml)")
+    s.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--base")
+    s.add_argument("--space", help="O, D, O+R, D+R or O+D+R (paper Table 6)")
+    s.add_argument("--lut", help="latency table (hmseg-core lut build)")
+    s.add_argument("--metric", choices=["latency_ms", "macs", "params"])
+    s.add_argument("--target", type=float, help="cost target R in the metric's unit")
+    s.add_argument("--data-root")
+    s.add_argument("--out")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--warmup-epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--resume", action="store_true", help="continue the search in --out from last.pt")
+    s.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps; resume later")
+    s.add_argument("--any-device", action="store_true", help="accept a latency table measured on another device")
+    s.set_defaults(func=cmd_search)
+
+
+cli._PLUGINS.append(register)

@@ -1,0 +1,81 @@
+"""Expected cost under the architecture distribution, and the resource-aware cost loss (Eq. 4).
+
+A layer's cost depends on its operator and on the input shape it sees, which depends on
+the resolution ratios chosen upstream. :class:`CostModel` therefore enumerates the ratio
+pairs (at most ``|L|^2`` of them) and, for each, tabulates the cost of every candidate of
+every layer plus the fixed parts from a :class:`~hmseg_core.search.lut.LatencyTable`:
+
+    E_cost = sum_c P(c) * ( fixed_c + sum_l sum_k p_l(k) * cost_l,k|c )
+
+with ``P(c)`` the product of the two branches' ratio probabilities. This is exact for the
+factorised distribution the supernet samples from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import List, Sequence
+
+import torch
+
+from ..genotype import Genotype
+from .lut import METRICS, LatencyTable, decompose, layer_key, layer_input_sizes
+from .space import SearchSpace
+
+
+class CostModel:
+    """Costs of a search space's candidates, from a LUT, in one ``metric``."""
+
+    def __init__(self, space: SearchSpace, table: LatencyTable, metric: str = "latency_ms") -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown cost metric {metric!r}; choose from {', '.join(METRICS)}")
+        table.covers(space)
+        self.space, self.table, self.metric = space, table, metric
+        g0 = space.base
+        self.combos = list(itertools.product(*(range(len(c)) for c in space.ratio_choices)))
+        fixed, per_layer = [], []  # fixed[c]; per_layer[l] -> (C, K_l)
+        layer_costs: List[List[List[float]]] = [[] for _ in space.layers]
+        for combo in self.combos:
+            g = space.genotype([0] * len(space.layers), combo)
+            parts = decompose(g, table.input_size)
+            fixed.append(sum(table.lookup(p.key, metric) for p in parts if p.kind != "layer"))
+            for i, (layer, hw) in enumerate(zip(space.layers, layer_input_sizes(g, table.input_size))):
+                cin, cout = g0.scaled(layer.c_in), g0.scaled(layer.c_out)
+                layer_costs[i].append([
+                    table.lookup(layer_key(op, cin, cout, layer.stride, layer.dilation, hw), metric)
+                    for op in layer.candidates
+                ])
+        self.fixed = torch.tensor(fixed, dtype=torch.float64)
+        self.layer_costs = [torch.tensor(c, dtype=torch.float64) for c in layer_costs]
+        self.combo_index = torch.tensor(self.combos, dtype=torch.long)
+
+    def expected(self, op_probs: Sequence[torch.Tensor], ratio_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``E_cost(A)``, differentiable in the probabilities."""
+        p_combo = ratio_probs[0][self.combo_index[:, 0]] * ratio_probs[1][self.combo_index[:, 1]]
+        per_combo = self.fixed.to(p_combo)
+        for p, costs in zip(op_probs, self.layer_costs):
+            per_combo = per_combo + costs.to(p) @ p
+        return (p_combo * per_combo).sum()
+
+    def cost(self, genotype: Genotype) -> float:
+        """``F_cost(a)``: cost of one architecture."""
+        return self.table.predict(genotype, self.metric)
+
+    def bounds(self) -> tuple:
+        """Cheapest and most expensive architecture of the space (for choosing a target)."""
+        best = [float(self.fixed[c] + sum(float(costs[c].min()) for costs in self.layer_costs)) for c in range(len(self.combos))]
+        worst = [float(self.fixed[c] + sum(float(costs[c].max()) for costs in self.layer_costs)) for c in range(len(self.combos))]
+        return min(best), max(worst)
+
+
+def cost_loss(expected: torch.Tensor, derived_cost: float, target: float) -> torch.Tensor:
+    """Eq. 4: ``sign(F_cost(a) - R) * log(E_cost(A))``.
+
+    Above the target the gradient lowers the expected cost, below it raises it (so the search
+    spends the budget on accuracy), exactly at the target it is zero.
+    """
+    if not math.isfinite(derived_cost):
+        raise ValueError(f"derived cost {derived_cost!r} is not finite")
+    sign = (derived_cost > target) - (derived_cost < target)
+    return sign * torch.log(expected)

@@ -1,0 +1,420 @@
+"""Cost lookup table (LUT): every candidate of a search space measured on the target.
+
+A network of the MRMS family is cut into *parts* whose costs add up: the stem, each
+backbone layer, the two resolution layers and the head (LCF/LGE head + classifier + the
+final upsampling). A part's cost depends on what it is and on the input shape it sees, so
+an entry is keyed by exactly that, e.g. ``layer:ir_k5_e3:16>16:s1:d2:23x30``; the shapes
+seen by the medium and low branches follow from the upstream resolution choices. Layers
+with the same signature share one entry, and a genotype's predicted cost is the sum of its
+parts' entries (:meth:`LatencyTable.predict`).
+
+Each entry holds the median latency (ms) over repeated runs after warm-up, measured by a
+:class:`Backend`, plus MACs and parameters as hardware-agnostic costs. The table is a
+versioned JSON file with the fingerprint of the device it was measured on; loading it on a
+different device, or looking up a part it does not hold, raises :class:`LUTError`.
+
+Backends: :class:`TorchBackend` (eager PyTorch, CPU or CUDA). The deployment backend (TVM)
+plugs in by implementing :class:`Backend`: compile each part for the target, run it, and
+describe the target in ``fingerprint()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..genotype import Genotype
+from ..model import LightweightHead, ResolutionLayer, build_model, resize_to
+from ..ops import ConvBNAct, build_op
+from ..profile import count_macs_on, count_params
+from .space import SearchSpace
+
+FORMAT = "hmseg-latency-table"
+VERSION = 1
+METRICS = ("latency_ms", "macs", "params")
+#: Fingerprint fields that must match for a latency table to be valid on this device.
+IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads")
+
+Shape = Tuple[int, int, int]  # (C, H, W), batch 1
+
+
+class LUTError(ValueError):
+    """A latency table is unreadable, from another device, or lacks an entry."""
+
+
+# ---------------------------------------------------------------------------- parts
+def _conv_out(size: int, stride: int) -> int:
+    # odd kernels padded by (k-1)//2 * dilation: out = floor((size - 1) / stride) + 1
+    return (size - 1) // stride + 1
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def layer_key(op: str, c_in: int, c_out: int, stride: int, dilation: int, hw: Sequence[int]) -> str:
+    """Entry key of one backbone layer (channels after the width multiplier)."""
+    return f"layer:{op}:{c_in}>{c_out}:s{stride}:d{dilation}:{_fmt(hw)}"
+
+
+class _HeadPart(nn.Module):
+    """Head + classifier + upsampling to the input size: what follows the backbone."""
+
+    def __init__(self, genotype: Genotype, in_channels: Sequence[int], size: Tuple[int, int]) -> None:
+        super().__init__()
+        head_ch = genotype.scaled(genotype.head_channels)
+        self.head = LightweightHead(in_channels, head_ch, genotype.lcf, genotype.lge)
+        self.classifier = nn.Conv2d(head_ch, genotype.num_classes, 1)
+        self.size = size
+
+    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> torch.Tensor:
+        return resize_to(self.classifier(self.head(c3, c4, c5)), self.size)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One measurable piece of a network: its key, input shapes and a factory for the module."""
+
+    key: str
+    kind: str  # stem | layer | resize | head
+    inputs: Tuple[Shape, ...]
+    build: Callable[[], nn.Module] = field(compare=False, repr=False)
+
+
+def layer_input_sizes(genotype: Genotype, input_size: Sequence[int]) -> List[Tuple[int, int]]:
+    """Spatial size ``(H, W)`` seen by each backbone layer, in :meth:`Genotype.iter_layers` order."""
+    hw = (_conv_out(input_size[0], 2), _conv_out(input_size[1], 2))
+    sizes = []
+    for si, li, _, gene in genotype.iter_layers():
+        if li == 0 and si >= 3:  # resolution layer in front of the medium / low branch
+            hw = ResolutionLayer.out_size(hw, genotype.ratios[si - 3])
+        sizes.append(hw)
+        hw = (_conv_out(hw[0], gene.stride), _conv_out(hw[1], gene.stride))
+    return sizes
+
+
+def decompose(genotype: Genotype, input_size: Sequence[int]) -> List[Part]:
+    """The parts of ``genotype``'s inference network at ``input_size``; their costs add up."""
+    g, (h, w) = genotype, input_size
+    stem_c = g.scaled(g.stem_channels)
+    parts = [Part(f"stem:{stem_c}:{_fmt((h, w))}", "stem", ((3, h, w),), lambda: ConvBNAct(3, stem_c, 3, stride=2))]
+    sizes = layer_input_sizes(g, input_size)
+    branch_out: List[Shape] = []
+    for (si, li, c_in, gene), hw in zip(g.iter_layers(), sizes):
+        cin, cout = g.scaled(c_in), g.scaled(gene.channels)
+        if li == 0 and si >= 3:
+            prev = branch_out[-1]
+            ratio = g.ratios[si - 3]
+            parts.append(Part(f"resize:{_fmt(prev)}>{_fmt(hw)}", "resize", (prev,), lambda r=ratio: ResolutionLayer(r)))
+        key = layer_key(gene.op, cin, cout, gene.stride, gene.dilation, hw)
+        op, s, d = gene.op, gene.stride, gene.dilation
+        parts.append(Part(key, "layer", ((cin, *hw),), lambda op=op, a=cin, b=cout, s=s, d=d: build_op(op, a, b, s, d)))
+        if li == len(g.stages[si]) - 1 and si >= 2:  # C3, C4, C5
+            branch_out.append((cout, _conv_out(hw[0], gene.stride), _conv_out(hw[1], gene.stride)))
+    c3, c4, c5 = branch_out
+    head_key = (
+        f"head:{g.num_classes}:{g.scaled(g.head_channels)}:lcf{int(g.lcf)}:lge{int(g.lge)}:"
+        f"{_fmt(c3)}:{_fmt(c4)}:{_fmt(c5)}>{_fmt((h, w))}"
+    )
+    parts.append(Part(head_key, "head", (c3, c4, c5), lambda: _HeadPart(g, (c3[0], c4[0], c5[0]), (h, w))))
+    return parts
+
+
+def space_parts(space: SearchSpace, input_size: Sequence[int]) -> Dict[str, Part]:
+    """Every distinct part of every architecture in ``space`` (each layer candidate under each ratio pair)."""
+    parts: Dict[str, Part] = {}
+    for combo in itertools.product(*(range(len(c)) for c in space.ratio_choices)):
+        for k in range(max(len(l.candidates) for l in space.layers)):
+            ops = [min(k, len(l.candidates) - 1) for l in space.layers]
+            for part in decompose(space.genotype(ops, combo), input_size):
+                parts.setdefault(part.key, part)
+    return parts
+
+
+# ---------------------------------------------------------------------------- backends
+class Backend(Protocol):
+    """Runs modules on the target and reports their latency."""
+
+    name: str
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """The device and software identity; :data:`IDENTITY_FIELDS` must be among the keys."""
+        ...
+
+    def measure(self, module: nn.Module, inputs: Sequence[torch.Tensor], warmup: int, repeats: int) -> float:
+        """Median latency in ms of ``module(*inputs)`` over ``repeats`` runs after ``warmup`` runs."""
+        ...
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class TorchBackend:
+    """Eager PyTorch in inference mode (fp32, batch 1)."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
+        self.device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def fingerprint(self) -> Dict[str, Any]:
+        target = "cpu" if self.device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(self.device)}"
+        return {
+            "backend": self.name,
+            "target": target,
+            "cpu": cpu_model(),
+            "cores": _cores(),
+            "threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def measure(self, module: nn.Module, inputs: Sequence[torch.Tensor], warmup: int, repeats: int) -> float:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        module = module.to(self.device).eval()
+        inputs = [x.to(self.device) for x in inputs]
+        for _ in range(warmup):
+            module(*inputs)
+        self._sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            module(*inputs)
+            self._sync()
+            times.append(time.perf_counter() - t0)
+        return 1000.0 * statistics.median(times)
+
+
+# ---------------------------------------------------------------------------- the table
+def _random_inputs(shapes: Iterable[Shape], seed: int = 0) -> List[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, *s, generator=gen) for s in shapes]
+
+
+@dataclass
+class LatencyTable:
+    """Costs per part, the fingerprint of the device they were measured on, and what was measured."""
+
+    entries: Dict[str, Dict[str, float]]
+    fingerprint: Dict[str, Any]
+    input_size: Tuple[int, int]
+    base: str  # base genotype, canonical string
+    ratio_choices: Tuple[Tuple[float, ...], Tuple[float, ...]]
+    settings: Dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def measure(
+        cls,
+        space: SearchSpace,
+        input_size: Sequence[int],
+        backend: Backend,
+        warmup: int = 5,
+        repeats: int = 20,
+        progress: bool = False,
+    ) -> "LatencyTable":
+        """Measure every part of every architecture of ``space`` at ``input_size`` with ``backend``."""
+        from tqdm import tqdm
+
+        parts = space_parts(space, input_size)
+        entries: Dict[str, Dict[str, float]] = {}
+        for i, (key, part) in enumerate(tqdm(parts.items(), desc="lut", unit="part", disable=not progress)):
+            torch.manual_seed(i)
+            module = part.build().eval()
+            inputs = _random_inputs(part.inputs, seed=i)
+            entries[key] = {
+                "latency_ms": backend.measure(module, inputs, warmup, repeats),
+                "macs": int(count_macs_on(module, inputs)),
+                "params": int(count_params(module)),
+            }
+        return cls(
+            entries=entries,
+            fingerprint=backend.fingerprint(),
+            input_size=(int(input_size[0]), int(input_size[1])),
+            base=space.base.format(),
+            ratio_choices=space.ratio_choices,
+            settings={"warmup": warmup, "repeats": repeats, "statistic": "median", "batch": 1, "dtype": "float32",
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
+
+    # ------------------------------------------------------------------ file form
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": self.fingerprint,
+            "input_size": list(self.input_size),
+            "base": self.base,
+            "ratio_choices": [list(c) for c in self.ratio_choices],
+            "settings": self.settings,
+            "entries": self.entries,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON file atomically (temporary file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self.source = str(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: Optional[Dict[str, Any]] = None) -> "LatencyTable":
+        """Read a table; with ``device`` (a backend fingerprint), refuse a table measured elsewhere."""
+        path = Path(path)
+        if not path.is_file():
+            raise LUTError(f"{path}: latency table not found (build one with 'hmseg-core lut build')")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LUTError(f"{path}: not a JSON latency table ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LUTError(f"{path}: not an hmseg latency table (no 'format': '{FORMAT}' entry)")
+        if data.get("version") != VERSION:
+            raise LUTError(f"{path}: latency table version {data.get('version')!r}, this hmseg reads version {VERSION}")
+        missing = [k for k in ("fingerprint", "input_size", "base", "ratio_choices", "entries") if k not in data]
+        if missing:
+            raise LUTError(f"{path}: latency table lacks {', '.join(missing)}")
+        for key, entry in data["entries"].items():
+            if not isinstance(entry, dict) or any(not isinstance(entry.get(m), (int, float)) for m in METRICS):
+                raise LUTError(f"{path}: entry {key!r} needs numbers for {', '.join(METRICS)}, got {entry!r}")
+        table = cls(
+            entries=data["entries"],
+            fingerprint=data["fingerprint"],
+            input_size=tuple(data["input_size"]),  # type: ignore[arg-type]
+            base=data["base"],
+            ratio_choices=tuple(tuple(float(r) for r in c) for c in data["ratio_choices"]),  # type: ignore[arg-type]
+            settings=data.get("settings", {}),
+            source=str(path),
+        )
+        if device is not None:
+            table.check_device(device)
+        return table
+
+    def check_device(self, device: Dict[str, Any]) -> None:
+        """Raise :class:`LUTError` if the table was measured on another device (identity fields)."""
+        diff = [f"{k}: table {self.fingerprint.get(k)!r} vs here {device.get(k)!r}"
+                for k in IDENTITY_FIELDS if self.fingerprint.get(k) != device.get(k)]
+        if diff:
+            raise LUTError(
+                f"{self.source}: latency table was measured on another device ({'; '.join(diff)}); "
+                "measure one here with 'hmseg-core lut build'"
+            )
+        if self.fingerprint.get("versions") != device.get("versions"):
+            warnings.warn(
+                f"{self.source}: measured with {self.fingerprint.get('versions')}, running {device.get('versions')}; "
+                "latencies may have shifted",
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ lookups
+    def lookup(self, key: str, metric: str = "latency_ms") -> float:
+        if metric not in METRICS:
+            raise LUTError(f"unknown cost metric {metric!r}; choose from {', '.join(METRICS)}")
+        try:
+            return float(self.entries[key][metric])
+        except KeyError:
+            raise LUTError(
+                f"{self.source}: no entry {key!r} (table measured for base {self.base!r} at input "
+                f"{self.input_size[0]}x{self.input_size[1]} with ratios {self.ratio_choices}); "
+                "rebuild the table for this search space and input size"
+            ) from None
+
+    def predict(self, genotype: Genotype, metric: str = "latency_ms") -> float:
+        """Predicted cost of ``genotype``'s inference network at the table's input size."""
+        return sum(self.lookup(p.key, metric) for p in decompose(genotype, self.input_size))
+
+    def covers(self, space: SearchSpace) -> None:
+        """Raise :class:`LUTError` naming the first few parts of ``space`` the table lacks."""
+        missing = [k for k in space_parts(space, self.input_size) if k not in self.entries]
+        if missing:
+            raise LUTError(
+                f"{self.source}: {len(missing)} part(s) of the search space are not in the table, e.g. "
+                f"{', '.join(missing[:3])}; rebuild it for base {space.base.format()!r}, "
+                f"ratios {space.ratio_choices} at {self.input_size[0]}x{self.input_size[1]}"
+            )
+
+
+# ---------------------------------------------------------------------------- fidelity
+def check_fidelity(
+    table: LatencyTable,
+    space: SearchSpace,
+    backend: Backend,
+    count: int = 10,
+    seed: int = 0,
+    warmup: int = 5,
+    repeats: int = 20,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Compare predicted with measured end-to-end latency on ``count`` random architectures.
+
+    The base genotype is always the first; the rest are uniform samples of ``space``.
+    Returns one row per genotype and the median / worst absolute relative error.
+    """
+    rng = random.Random(seed)
+    genotypes = [space.base] + [space.sample(rng) for _ in range(max(0, count - 1))]
+    x = _random_inputs([(3, *table.input_size)])
+    rows = []
+    for g in genotypes:
+        torch.manual_seed(seed)
+        net = build_model(g, boosting=False).eval()
+        measured = backend.measure(net, x, warmup, repeats)
+        predicted = table.predict(g)
+        rows.append({"genotype": g.format(), "predicted_ms": predicted, "measured_ms": measured,
+                     "rel_error": (predicted - measured) / measured})
+        if progress:
+            print(f"predicted {predicted:8.3f} ms  measured {measured:8.3f} ms  error {100 * rows[-1]['rel_error']:+6.1f} %",
+                  file=sys.stderr)
+    errors = [abs(r["rel_error"]) for r in rows]
+    return {
+        "count": len(rows),
+        "median_abs_rel_error": statistics.median(errors),
+        "worst_abs_rel_error": max(errors),
+        "rows": rows,
+        "fingerprint": backend.fingerprint(),
+        "input_size": list(table.input_size),
+    }

@@ -60,7 +60,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, threads=args.threads,
     )
     # latency is only meaningful on the device it was measured on; MACs and params anywhere
-    device = TorchBackend("cpu").fingerprint() if cfg.metric == "latency_ms" and not args.any_device else None
+    device = TorchBackend("cpu", cfg.threads).fingerprint() if cfg.metric == "latency_ms" and not args.any_device else None
     table = LatencyTable.load(cfg.lut, device=device)
     summary = search(cfg, table, resume=args.resume, stop_at_step=args.max_steps)
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,147 @@
+"""Cost lookup table: decomposition into parts, file form and its errors, expected cost, fidelity report."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from hmseg_core.model import build_model
+from hmseg_core.profile import count_macs, count_params
+from hmseg_core.registry import get_genotype
+from hmseg_core.search.cost import CostModel
+from hmseg_core.search.lut import LatencyTable, LUTError, TorchBackend, check_fidelity, layer_input_sizes
+from hmseg_core.search.space import SearchSpace
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_genotype(get_genotype("mrms_tiny", 11), "O+D+R")
+
+
+@pytest.fixture(scope="module")
+def table(space):
+    return LatencyTable.measure(space, SIZE, TorchBackend(threads=1), warmup=0, repeats=1)
+
+
+def _samples(space, n=4, seed=0):
+    rng = random.Random(seed)
+    return [space.base] + [space.sample(rng) for _ in range(n - 1)]
+
+
+def test_parts_add_up_to_the_built_network(space, table):
+    for g in _samples(space):
+        net = build_model(g, boosting=False).eval()
+        assert table.predict(g, "macs") == count_macs(net, SIZE)
+        assert table.predict(g, "params") == count_params(net)
+        assert table.predict(g) > 0
+
+
+def test_layer_input_sizes_match_the_forward_pass(space):
+    for g in _samples(space, seed=3):
+        net = build_model(g, boosting=False).eval()
+        layers = [m for stage in net.encoder.high for m in stage] + list(net.encoder.medium) + list(net.encoder.low)
+        seen = []
+        hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[-2:]))) for m in layers]
+        net(torch.zeros(1, 3, *SIZE))
+        for h in hooks:
+            h.remove()
+        assert seen == layer_input_sizes(g, SIZE)
+
+
+def test_round_trip_and_fingerprint(space, table, tmp_path):
+    path = table.save(tmp_path / "lut.json")
+    here = TorchBackend(threads=1).fingerprint()
+    loaded = LatencyTable.load(path, device=here)
+    assert loaded.entries == table.entries and loaded.input_size == SIZE
+    g = _samples(space, seed=1)[-1]
+    assert loaded.predict(g) == pytest.approx(table.predict(g))
+    data = json.loads(path.read_text())
+    assert data["format"] == "hmseg-latency-table" and data["version"] == 1
+    assert {"cpu", "cores", "backend", "target", "threads", "versions"} <= set(data["fingerprint"])
+
+
+def _write(tmp_path, table, **changes):
+    data = table.to_dict()
+    data.update(changes)
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_load_errors(table, tmp_path):
+    with pytest.raises(LUTError, match="not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(LUTError, match="not a JSON"):
+        LatencyTable.load(bad)
+    with pytest.raises(LUTError, match="not an hmseg latency table"):
+        LatencyTable.load(_write(tmp_path, table, format="something-else"))
+    with pytest.raises(LUTError, match="version 99"):
+        LatencyTable.load(_write(tmp_path, table, version=99))
+    key = next(iter(table.entries))
+    with pytest.raises(LUTError, match="needs numbers"):
+        LatencyTable.load(_write(tmp_path, table, entries={key: {"latency_ms": 1.0}}))
+
+
+def test_other_device_is_refused(table, tmp_path):
+    here = TorchBackend(threads=1).fingerprint()
+    other = dict(table.fingerprint, cpu="Some Other CPU", cores=64)
+    path = _write(tmp_path, table, fingerprint=other)
+    with pytest.raises(LUTError, match="another device.*cpu: table 'Some Other CPU'"):
+        LatencyTable.load(path, device=here)
+    assert LatencyTable.load(path).fingerprint["cores"] == 64  # without a device to match: MACs/params use
+    newer = dict(table.fingerprint, versions={"torch": "0.0"})
+    with pytest.warns(UserWarning, match="latencies may have shifted"):
+        LatencyTable.load(_write(tmp_path, table, fingerprint=newer), device=here)
+
+
+def test_unknown_parts_are_errors_not_zero(space, table):
+    with pytest.raises(LUTError, match="no entry 'layer:nope'"):
+        table.lookup("layer:nope")
+    with pytest.raises(LUTError, match="unknown cost metric"):
+        table.lookup(next(iter(table.entries)), "joules")
+    with pytest.raises(LUTError, match="no entry 'head:19"):  # other class count: other head
+        table.predict(space.base.replace(num_classes=19))
+    wider = SearchSpace.from_genotype(space.base, "O+D+R", (0.3, 0.5))
+    with pytest.raises(LUTError, match="not in the table"):
+        table.covers(wider)
+    with pytest.raises(LUTError, match="not in the table"):
+        CostModel(wider, table)
+
+
+def test_expected_cost_is_exact(space, table):
+    cost = CostModel(space, table, "macs")
+
+    def one_hot(g):
+        ops, ratios = space.encode(g)
+        op_p = [torch.nn.functional.one_hot(torch.tensor(k), len(l.candidates)).double() for l, k in zip(space.layers, ops)]
+        r_p = [torch.nn.functional.one_hot(torch.tensor(k), len(c)).double() for c, k in zip(space.ratio_choices, ratios)]
+        return op_p, r_p
+
+    a, b = _samples(space, n=3, seed=5)[1:]
+    assert float(cost.expected(*one_hot(a))) == pytest.approx(table.predict(a, "macs"))
+    # a's operators, each branch's ratio mixed 25/75 between a's and b's: the expectation over
+    # the four ratio pairs, enumerated by hand
+    ops_a, (ra0, ra1) = space.encode(a)
+    _, (rb0, rb1) = space.encode(b)
+    op_p, r_a = one_hot(a)
+    _, r_b = one_hot(b)
+    mixed = [0.25 * x + 0.75 * y for x, y in zip(r_a, r_b)]
+    by_hand = 0.0
+    for (i, pi), (j, pj) in [((i, pi), (j, pj)) for i, pi in ((ra0, 0.25), (rb0, 0.75)) for j, pj in ((ra1, 0.25), (rb1, 0.75))]:
+        by_hand += pi * pj * table.predict(space.genotype(ops_a, (i, j)), "macs")
+    assert float(cost.expected(op_p, mixed)) == pytest.approx(by_hand)
+    lo_all, hi_all = cost.bounds()
+    assert lo_all <= table.predict(space.base, "macs") <= hi_all
+
+
+def test_fidelity_report(space, table):
+    report = check_fidelity(table, space, TorchBackend(threads=1), count=2, warmup=0, repeats=1)
+    assert report["count"] == 2 and len(report["rows"]) == 2
+    assert report["rows"][0]["genotype"] == space.base.format()
+    assert 0 <= report["median_abs_rel_error"] <= report["worst_abs_rel_error"]
+    assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in report["rows"])

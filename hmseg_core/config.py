@@ -110,12 +110,9 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
 
 
-def _hints() -> Dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def apply(cfg: TrainConfig, values: Dict[str, Any], source: str) -> TrainConfig:
-    hints = _hints()
+def apply(cfg: Any, values: Dict[str, Any], source: str) -> Any:
+    """A copy of the config dataclass ``cfg`` with ``values`` coerced to the declared field types."""
+    hints = typing.get_type_hints(type(cfg))
     changes = {}
     for key, value in values.items():
         key = key.replace("-", "_")
@@ -125,9 +122,9 @@ def apply(cfg: TrainConfig, values: Dict[str, Any], source: str) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), **kwargs: Any) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides, then ``kwargs``."""
-    cfg = TrainConfig()
+def load_dataclass_config(cls: type, path: Optional[str] = None, overrides: Iterable[str] = (), **kwargs: Any) -> Any:
+    """``cls()`` defaults, then the YAML file at ``path``, then ``key=value`` overrides, then non-None ``kwargs``."""
+    cfg = cls()
     if path:
         p = Path(path)
         if not p.is_file():
@@ -145,6 +142,11 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), **kwa
     cfg = apply(cfg, pairs, "override")
     cfg = apply(cfg, {k: v for k, v in kwargs.items() if v is not None}, "argument")
     return cfg.validate()
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), **kwargs: Any) -> TrainConfig:
+    """Training config: defaults, then the YAML file at ``path``, then overrides, then ``kwargs``."""
+    return load_dataclass_config(TrainConfig, path, overrides, **kwargs)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

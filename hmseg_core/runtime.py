@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import yaml
 
+from .hardware import cpu_model
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .data.transforms import normalize, to_tensor
 from .model import resize_to
@@ -302,20 +303,10 @@ class ModelZoo:
 
 
 # ---------------------------------------------------------------------------- latency
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_fingerprint(backend: str, device: str = "cpu", threads: Optional[int] = None) -> Dict[str, object]:
     """What a latency measurement depends on besides the model: hardware, software, settings."""
     fp: Dict[str, object] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "torch": torch.__version__,

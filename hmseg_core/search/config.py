@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import yaml
 
-from ..config import ConfigError, _convert
+from ..config import ConfigError, load_dataclass_config
 from .lut import METRICS
 from .space import Switches
 
@@ -83,37 +83,9 @@ class SearchConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _apply(cfg: SearchConfig, values: Dict[str, Any], source: str) -> SearchConfig:
-    hints = typing.get_type_hints(SearchConfig)
-    changes = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key not in hints:
-            raise ConfigError(f"{source}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
-        changes[key] = _convert(key, hints[key], value)
-    return dataclasses.replace(cfg, **changes)
-
-
 def load_search_config(path: Optional[str] = None, overrides: Iterable[str] = (), **kwargs: Any) -> SearchConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, then non-None ``kwargs``."""
-    cfg = SearchConfig()
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of config keys")
-        cfg = _apply(cfg, data, str(p))
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        pairs[key.strip()] = value.strip()
-    cfg = _apply(cfg, pairs, "override")
-    cfg = _apply(cfg, {k: v for k, v in kwargs.items() if v is not None}, "argument")
-    return cfg.validate()
+    return load_dataclass_config(SearchConfig, path, overrides, **kwargs)
 
 
 def save_search_config(cfg: SearchConfig, path: Path) -> None:

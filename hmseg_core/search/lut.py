@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequ
 import torch
 from torch import nn
 
+from ..hardware import cpu_model
 from ..genotype import Genotype
 from ..model import LightweightHead, ResolutionLayer, build_model, resize_to
 from ..ops import ConvBNAct, build_op
@@ -158,16 +159,6 @@ class Backend(Protocol):
     def measure(self, module: nn.Module, inputs: Sequence[torch.Tensor], warmup: int, repeats: int) -> float:
         """Median latency in ms of ``module(*inputs)`` over ``repeats`` runs after ``warmup`` runs."""
         ...
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cores() -> int:

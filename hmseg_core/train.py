@@ -78,7 +78,7 @@ def _prepare_data(cfg: TrainConfig, ctx: DistContext, out: Path) -> Path:
     return root
 
 
-def _truncate_log(log_path: Path, step: int) -> None:
+def truncate_log(log_path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone)."""
     if not log_path.is_file():
         return
@@ -163,7 +163,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
     )
     if ctx.main:
         save_config(cfg, out / "config.yaml")
-        _truncate_log(log_path, step)
+        truncate_log(log_path, step)
 
     def checkpoint(path: Path, **extra: Any) -> None:
         payload = make_checkpoint(

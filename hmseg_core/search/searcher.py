@@ -35,7 +35,7 @@ from ..data.synthetic import write_dataset
 from ..data.transforms import EpochBatchSampler, TrainTransform, TrainView, seeded_generator
 from ..losses import SegLoss
 from ..registry import get_genotype
-from ..train import DistContext, _truncate_log
+from ..train import DistContext, truncate_log
 from .config import SearchConfig, save_search_config
 from .cost import CostModel, cost_loss
 from .lut import LatencyTable
@@ -143,7 +143,7 @@ class GumbelSearch:
             step = int(ckpt["step"])
         if ctx.main:
             save_search_config(cfg, out / "config.yaml")
-            _truncate_log(log_path, step)
+            truncate_log(log_path, step)
 
         def checkpoint() -> None:
             broadcast_buffers(net, ctx.world_size)

@@ -36,6 +36,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
+    package_data={"hmseg_core": ["zoo/*.yaml", "zoo/*.pt"]},
     python_requires=">=3.10",
     install_requires=[PINS[k] for k in ("torch", "numpy", "pillow", "pyyaml", "tqdm", "matplotlib")],
     extras_require={
@@ -49,7 +50,6 @@ setup(
     maintainer_email="hmseg@example.org",
     description="HMSeg real-time semantic segmentation: networks, search, training, TVM deployment, ROS 2 nodes",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "hmseg-core = hmseg_core.cli:main",

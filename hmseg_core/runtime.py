@@ -224,6 +224,11 @@ class Variant:
     miou: float
 
 
+def default_zoo_path() -> Path:
+    """The zoo that ships with hmseg (trained CamVid variants)."""
+    return Path(__file__).resolve().parent / "zoo" / "zoo.yaml"
+
+
 @dataclass
 class ModelZoo:
     """An index of variants that share one class list.

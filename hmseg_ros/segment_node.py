@@ -44,6 +44,7 @@ from hmseg_core.runtime import (
     LatencyCache,
     Measurement,
     ModelZoo,
+    default_zoo_path,
     ResizePolicy,
     Segmenter,
     Selection,
@@ -72,7 +73,7 @@ def _desc(text: str, read_only: bool = False, lo=None, hi=None, step=None) -> Pa
 
 # name -> (default, descriptor). config/segment.yaml lists the same keys; a test checks it.
 PARAMETERS = {
-    "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model'", True)),
+    "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
     "backend": ("torch", _desc(f"inference backend: {', '.join(sorted(BACKENDS))}", True)),
@@ -114,7 +115,12 @@ class SegmentNode(Node):
         self.resize = ResizePolicy(p["resize_policy"], (p["network_height"], p["network_width"]) if p["resize_policy"] == "fixed" else None)
 
         # model zoo: measure each variant here, then choose for the budget
-        self.zoo = ModelZoo.load(p["zoo"]) if p["zoo"] else ModelZoo.single(p["model"])
+        if p["zoo"]:
+            self.zoo = ModelZoo.load(p["zoo"])
+        elif p["model"]:
+            self.zoo = ModelZoo.single(p["model"])
+        else:
+            self.zoo = ModelZoo.load(default_zoo_path())
         class_names = check_same_classes(self.zoo)
         size = self.resize.size if self.resize.mode == "fixed" else (p["expected_height"], p["expected_width"])
         cache = LatencyCache(p["latency_cache"] or LatencyCache.default_path())
@@ -163,8 +169,6 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ model choice
     def _check_static(self, p: Dict) -> None:
         problems = []
-        if not p["zoo"] and not p["model"]:
-            problems.append("set 'zoo' (a model zoo index) or 'model' (a checkpoint)")
         if p["backend"] not in BACKENDS:
             problems.append(f"backend {p['backend']!r} is not available; available: {', '.join(sorted(BACKENDS))}")
         if p["qos"] not in QOS_CHOICES:

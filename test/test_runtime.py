@@ -171,3 +171,15 @@ def test_measure_zoo_measures_once_then_uses_the_cache(tmp_path, ckpt, monkeypat
     monkeypatch.setattr("hmseg_core.runtime.Segmenter", no_segmenter)
     second = measure_zoo(zoo, (32, 48), cache=cache, iterations=3)
     assert second[0].cached and second[0].latency == first[0].latency
+
+
+def test_shipped_zoo_loads_and_segments():
+    from hmseg_core.runtime import default_zoo_path
+
+    zoo = ModelZoo.load(default_zoo_path())
+    assert [v.name for v in zoo.variants] == ["mrms_tiny"]
+    variant = zoo.get("mrms_tiny")
+    assert 0.6 <= variant.miou <= 1.0
+    seg = Segmenter(variant.checkpoint)
+    labels = seg(np.zeros((60, 80, 3), np.uint8))
+    assert labels.shape == (60, 80) and int(labels.max()) < 11

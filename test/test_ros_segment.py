@@ -190,11 +190,13 @@ def test_burst_to_a_slow_model_drops_stale_frames_instead_of_queueing(zoo, monke
     spinner = Spinner()
     try:
         node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=overrides(
-            zoo, backend="slow_torch", model=str(zoo["fast"]), zoo="", qos="reliable", measure_iterations=2)))
+            zoo, backend="slow_torch", model=str(zoo["fast"]), zoo="", qos="reliable", measure_iterations=2,
+            # topics of its own: the module's shared node also listens on /test_cam/image
+            input_topic="/burst_cam/image", labels_topic="/burst_cam/labels")))
         probe = spinner.node("burst_probe")
         got = []
-        probe.create_subscription(Image, "/hmseg_segment/labels", lambda m: got.append((m.header.stamp, time.time())), RELIABLE)
-        pub = probe.create_publisher(Image, "/test_cam/image", RELIABLE)
+        probe.create_subscription(Image, "/burst_cam/labels", lambda m: got.append((m.header.stamp, time.time())), RELIABLE)
+        pub = probe.create_publisher(Image, "/burst_cam/image", RELIABLE)
         assert wait_for(lambda: pub.get_subscription_count() > 0 and node.pub_labels.get_subscription_count() > 0)
         msg = numpy_to_image(frame(), "rgb8")
         for _ in range(100):  # 100 frames at 100 Hz, stamped with wall time at publication

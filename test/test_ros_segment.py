@@ -219,6 +219,7 @@ def test_burst_to_a_slow_model_drops_stale_frames_instead_of_queueing(zoo, monke
             return s["processed"] + s["dropped"] == s["received"] > 0 and quiet
 
         assert wait_for(settled, 60.0), node.stats()
+        assert wait_for(lambda: len(got) == node.stats()["processed"], 10.0), (len(got), node.stats())  # last outputs in flight
         s = node.stats()
         assert s["received"] <= 100
         skipped = s["dropped"] + (100 - s["received"])

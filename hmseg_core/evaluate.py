@@ -18,18 +18,29 @@ from .metrics import ConfusionMatrix, format_table
 from .model import resize_to
 
 
+def preprocess(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], input_size: Optional[Tuple[int, int]] = None
+) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised (1, 3, h, w) network input, resized to ``input_size`` if given."""
+    x = normalize(to_tensor(image), mean, std)[None]
+    if input_size is not None and tuple(input_size) != tuple(x.shape[-2:]):
+        x = resize_to(x, input_size)
+    return x
+
+
+def postprocess(logits: torch.Tensor, size: Sequence[int]) -> np.ndarray:
+    """Logits (1, C, h, w) -> class ids uint8 (H, W) at the image size ``size``."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = resize_to(logits, size)
+    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float], input_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> class ids uint8 (H, W) at the image's own size."""
     p = next(model.parameters())
-    x = normalize(to_tensor(image), mean, std)[None].to(p.device, p.dtype)
-    size = x.shape[-2:]
-    if input_size is not None and tuple(input_size) != tuple(size):
-        x = resize_to(x, input_size)
-    logits = model(x)
-    if logits.shape[-2:] != size:
-        logits = resize_to(logits, size)
-    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    x = preprocess(image, mean, std, input_size).to(p.device, p.dtype)
+    return postprocess(model(x), image.shape[:2])
 
 
 def evaluate(

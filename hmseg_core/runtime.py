@@ -31,9 +31,8 @@ import torch
 import yaml
 
 from .hardware import cpu_model
+from .evaluate import postprocess, preprocess
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .data.transforms import normalize, to_tensor
-from .model import resize_to
 
 
 class ZooError(ValueError):
@@ -187,19 +186,13 @@ class Segmenter:
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {getattr(rgb, 'dtype', type(rgb))} {np.shape(rgb)}")
         t0 = time.perf_counter()
-        # the same operations, in the same order, as hmseg_core.evaluate.predict
-        x = normalize(to_tensor(rgb), self.mean, self.std)[None]
-        size = tuple(x.shape[-2:])
-        net_size = self.resize.network_size(size)
-        if tuple(net_size) != size:
-            x = resize_to(x, net_size)
+        size = rgb.shape[:2]
+        x = preprocess(rgb, self.mean, self.std, self.resize.network_size(size))
         t1 = time.perf_counter()
         with torch.no_grad():
             logits = self.backend.forward(x)
             t2 = time.perf_counter()
-            if tuple(logits.shape[-2:]) != size:
-                logits = resize_to(logits, size)
-            labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            labels = postprocess(logits, size)
         t3 = time.perf_counter()
         return labels, Timings(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))
 

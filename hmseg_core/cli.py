@@ -197,11 +197,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .config import ConfigError
     from .data.datasets import DatasetError
     from .genotype import GenotypeError
+    from .runtime import BackendUnavailable
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, DatasetError, GenotypeError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (
+        BackendUnavailable, CheckpointError, ConfigError, DatasetError, GenotypeError, FileExistsError, FileNotFoundError, ValueError
+    ) as e:
         print(f"hmseg-core {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

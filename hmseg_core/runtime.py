@@ -146,16 +146,11 @@ class Segmenter:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
         ``backend`` defaults to ``"tvm"`` for a package and ``"torch"`` otherwise; with ``fallback``
         a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
-        is_package = not isinstance(checkpoint, dict) and Path(checkpoint).is_dir()
-        backend = backend or ("tvm" if is_package else "torch")
+        package_dir = not isinstance(checkpoint, dict) and Path(checkpoint).is_dir()
+        backend = backend or ("tvm" if package_dir else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
-        if is_package:
-            from .deploy.package import ModelPackage
-
-            ckpt = ModelPackage.load(checkpoint).checkpoint()
-        else:
-            ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_model(checkpoint)
         self.source = None if isinstance(checkpoint, dict) else str(checkpoint)
         self.name = name or (Path(self.source).stem if self.source else "model")
         self.backend_name = backend
@@ -217,6 +212,20 @@ class Variant:
     miou: float
 
 
+def is_package(path: str | os.PathLike) -> bool:
+    """A model package directory (``hmseg-core export``) rather than a checkpoint file."""
+    return Path(path).is_dir() and (Path(path) / "metadata.json").is_file()
+
+
+def load_model(path: str | os.PathLike) -> Dict:
+    """The checkpoint dict of a checkpoint file or of a model package directory."""
+    if Path(path).is_dir():
+        from .deploy.package import ModelPackage
+
+        return ModelPackage.load(path).checkpoint()
+    return load_checkpoint(path)
+
+
 def default_zoo_path() -> Path:
     """The zoo that ships with hmseg (trained CamVid variants)."""
     return Path(__file__).resolve().parent / "zoo" / "zoo.yaml"
@@ -226,11 +235,12 @@ def default_zoo_path() -> Path:
 class ModelZoo:
     """An index of variants that share one class list.
 
-    File format (YAML or JSON; checkpoint paths relative to the index file)::
+    File format (YAML or JSON; paths relative to the index file). ``checkpoint`` is a checkpoint
+    file or a model package directory (``hmseg-core export``; runs on TVM by default)::
 
         variants:
           - {name: hmseg, checkpoint: hmseg.pt, miou: 0.743}
-          - {name: hmseg_tiny, checkpoint: tiny.pt, miou: 0.714}
+          - {name: hmseg_tiny, checkpoint: packages/hmseg_tiny, miou: 0.714}
     """
 
     variants: List[Variant]
@@ -268,17 +278,21 @@ class ModelZoo:
                 raise ZooError(f"{path}: variant {entry['name']!r}: miou {miou} must be a fraction in [0, 1]")
             ckpt = Path(entry["checkpoint"])
             ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
-            if not ckpt.is_file():
-                raise ZooError(f"{path}: variant {entry['name']!r}: checkpoint {ckpt} not found")
+            if not (ckpt.is_file() or is_package(ckpt)):
+                raise ZooError(f"{path}: variant {entry['name']!r}: {ckpt} is neither a checkpoint file nor a model package")
             variants.append(Variant(str(entry["name"]), ckpt, miou))
         return cls(variants, path)
 
     @classmethod
     def single(cls, checkpoint: str | os.PathLike) -> "ModelZoo":
-        """A zoo of one checkpoint (its recorded ``best_miou`` when present, else 0)."""
-        ckpt = load_checkpoint(checkpoint)
-        miou = float(ckpt.get("best_miou", 0.0) or 0.0)
-        return cls([Variant(Path(checkpoint).stem, Path(checkpoint), max(0.0, miou))])
+        """A zoo of one checkpoint or package (its recorded mIoU when present, else 0)."""
+        if is_package(checkpoint):
+            from .deploy.package import ModelPackage
+
+            miou = (ModelPackage.load(checkpoint).metadata.get("accuracy") or {}).get("miou")
+        else:
+            miou = load_checkpoint(checkpoint).get("best_miou")
+        return cls([Variant(Path(checkpoint).name, Path(checkpoint), max(0.0, float(miou or 0.0)))])
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -322,6 +336,9 @@ def fingerprint_key(fp: Dict[str, object]) -> str:
 
 
 def file_digest(path: str | os.PathLike) -> str:
+    """Content digest of a checkpoint, or of a package's metadata (which lists every file's SHA-256)."""
+    if is_package(path):
+        path = Path(path) / "metadata.json"
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -482,7 +499,7 @@ def check_same_classes(zoo: ModelZoo) -> List[str]:
     """Class names shared by every variant (a node cannot swap between different label sets)."""
     names: Optional[List[str]] = None
     for v in zoo.variants:
-        ckpt_names = list(load_checkpoint(v.checkpoint)["class_names"])
+        ckpt_names = list(load_model(v.checkpoint)["class_names"])
         if names is None:
             names = ckpt_names
         elif ckpt_names != names:

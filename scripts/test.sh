@@ -6,5 +6,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-python -m pytest -q --ignore=test/test_deploy_package.py "$@"
-python -m pytest -q test/test_deploy_package.py "$@"
+python -m pytest -q -m "not tvm" "$@"
+python -m pytest -q -m tvm "$@"

@@ -48,11 +48,12 @@ def test_fold_batchnorm_refuses_a_lone_batchnorm():
 
 
 # ---------------------------------------------------------------------------- with TVM
+pytestmark = pytest.mark.tvm
 tvm = pytest.importorskip("tvm", reason="TVM not installed (pip install 'hmseg[tvm]')")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'hmseg[onnx]')")
 
 from hmseg_core.deploy.export import ExportOptions, export_package  # noqa: E402
-from hmseg_core.deploy.package import ModelPackage, PackageError  # noqa: E402
+from hmseg_core.deploy.package import FORMAT_VERSION, ModelPackage, PackageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_metadata_round_trip(package_dir, checkpoint):
     pkg = ModelPackage.load(package_dir)
     meta = pkg.metadata
     ckpt = torch.load(checkpoint, weights_only=True)
-    assert meta["format"] == "hmseg-package" and meta["format_version"] == 1
+    assert meta["format"] == "hmseg-package" and meta["format_version"] == FORMAT_VERSION
     assert meta["genotype"] == ckpt["genotype"]
     assert meta["class_names"] == CLASSES and meta["palette"] == PALETTE
     assert meta["mean"] == pytest.approx([0.4, 0.45, 0.5]) and meta["std"] == pytest.approx([0.25] * 3)
@@ -222,3 +223,69 @@ def test_cli_export_refuses_trials_without_a_records_directory(checkpoint, tmp_p
 
     assert main(["export", str(checkpoint), str(tmp_path / "p"), "--trials", "8"]) == 2
     assert "--tuning-db" in capsys.readouterr().err
+
+
+def test_cli_reports_an_unusable_package_as_an_error(package_copy, capsys):
+    from hmseg_core.cli import main
+
+    _edit_metadata(package_copy, lambda m: m["libraries"][0].update(tvm="0.1.0"))
+    assert main(["bench", str(package_copy), "--runs", "1", "--backends", "tvm"]) == 2
+    assert "export the package again" in capsys.readouterr().err
+
+
+def test_zoo_of_packages_runs_on_tvm_and_reads_accuracy_from_metadata(package_dir, tmp_path):
+    from hmseg_core.runtime import ModelZoo, Segmenter, measure_zoo
+
+    index = tmp_path / "zoo.yaml"
+    index.write_text(f"variants:\n  - {{name: tiny, checkpoint: {package_dir}, miou: 0.5}}\n")
+    zoo = ModelZoo.load(index)
+    assert zoo.variants[0].checkpoint == package_dir
+    assert ModelZoo.single(package_dir).variants[0].miou == pytest.approx(0.5)
+    (m,) = measure_zoo(zoo, SIZE, backend="tvm", iterations=2, warmup=1)
+    assert m.latency.samples == 2
+    assert Segmenter(package_dir).backend_name == "tvm"
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_tuning_records_are_stored_and_reused_and_the_tuned_module_is_correct(tmp_path):
+    from tvm import relax
+
+    from hmseg_core.deploy.export import export_program, parameter_names, to_relax
+    from hmseg_core.deploy.targets import host_target
+    from hmseg_core.deploy.tuning import TRANSFORM_PARAMS, TuningOptions, tune_and_apply
+
+    torch.manual_seed(0)
+    net = _TwoConvs().eval()
+    program = export_program(net, (16, 16))
+    target = host_target(num_cores=1)
+    options = TuningOptions(trials=4, trials_per_task=2, db_root=tmp_path / "records")
+    mod, first = tune_and_apply(to_relax(program), target, options, log=lambda s: None)
+    assert first.tasks >= 2 and first.tasks_tuned == first.tasks and first.tasks_reused == 0 and first.trials > 0
+    assert (tmp_path / "records" / options.work_dir(target).name / "database_tuning_record.json").stat().st_size > 0
+    _, second = tune_and_apply(to_relax(program), target, options, log=lambda s: None)
+    assert (second.tasks_reused, second.tasks_tuned, second.trials) == (first.tasks, 0, 0)
+
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(target)), tvm.cpu())
+    state = net.state_dict()
+    weights = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(state[n].numpy()) for n in parameter_names(program)])
+    x = torch.randn(1, 3, 16, 16)
+    out = vm["main"](tvm.runtime.tensor(x.numpy()), *weights).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_trials_per_round_spends_about_half_the_budget_on_one_pass_over_all_tasks():
+    from hmseg_core.deploy.tuning import TuningOptions, trials_per_round
+
+    assert trials_per_round(TuningOptions(trials=2500), 48) == 26
+    assert trials_per_round(TuningOptions(trials=100000), 48) == 64
+    assert trials_per_round(TuningOptions(trials=10), 48) == 1

@@ -145,3 +145,44 @@ def test_fidelity_report(space, table):
     assert report["rows"][0]["genotype"] == space.base.format()
     assert 0 <= report["median_abs_rel_error"] <= report["worst_abs_rel_error"]
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in report["rows"])
+
+
+def test_calibration_fit():
+    from hmseg_core.search.lut import Calibration
+
+    exact = Calibration.fit([("a", 1.0, 3.5), ("b", 2.0, 5.0), ("c", 4.0, 8.0)])  # y = 1.5 x + 2
+    assert (exact.scale, exact.offset_ms) == (pytest.approx(1.5), pytest.approx(2.0))
+    assert exact.apply(10.0) == pytest.approx(17.0)
+    one = Calibration.fit([("a", 2.0, 3.0)])
+    assert (one.scale, one.offset_ms) == (pytest.approx(1.5), 0.0)
+    decreasing = Calibration.fit([("a", 1.0, 4.0), ("b", 2.0, 3.0)])  # noise, not a law: keep the ratio of sums
+    assert (decreasing.scale, decreasing.offset_ms) == (pytest.approx(7.0 / 3.0), 0.0)
+    assert Calibration.fit([]).apply(5.0) == 5.0
+
+
+def test_calibration_is_fitted_stored_and_applied_to_latency_only(space, table, tmp_path):
+    from hmseg_core.search.lut import Calibration
+
+    assert len(table.calibration.rows) == 5 and table.calibration.scale > 0
+    g = _samples(space, seed=2)[-1]
+    raw = table.predict(g, calibrated=False)
+    assert table.predict(g) == pytest.approx(table.calibration.apply(raw))
+    assert table.predict(g, "macs") == table.predict(g, "macs", calibrated=False)
+    table2 = LatencyTable(**{**table.__dict__, "calibration": Calibration(2.0, 0.5)})
+    loaded = LatencyTable.load(table2.save(tmp_path / "lut.json"))
+    assert loaded.calibration.scale == 2.0 and loaded.predict(g) == pytest.approx(2.0 * raw + 0.5)
+    # the search's expected cost carries the same calibration
+    cost = CostModel(space, loaded)
+    ops, ratios = space.encode(g)
+    op_p = [torch.nn.functional.one_hot(torch.tensor(k), len(l.candidates)).double() for l, k in zip(space.layers, ops)]
+    r_p = [torch.nn.functional.one_hot(torch.tensor(k), len(c)).double() for c, k in zip(space.ratio_choices, ratios)]
+    assert float(cost.expected(op_p, r_p)) == pytest.approx(loaded.predict(g))
+    with pytest.raises(LUTError, match="malformed 'calibration'"):
+        LatencyTable.load(_write(tmp_path, table, calibration={"scale": "x"}))
+
+
+def test_fidelity_is_not_checked_on_the_calibration_architectures(space, table):
+    from hmseg_core.search.lut import CALIBRATION_SEED
+
+    with pytest.raises(ValueError, match="calibration"):
+        check_fidelity(table, space, TorchBackend(threads=1), count=2, seed=CALIBRATION_SEED, warmup=0, repeats=1)

@@ -28,7 +28,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..runtime import BackendUnavailable
 
 FORMAT = "hmseg-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: libraries carry main_transform_params, called once at load
 METADATA = "metadata.json"
 CHECKPOINT = "checkpoint.pt"
 PARAMS = "params.npz"

@@ -1,5 +1,10 @@
 """MetaSchedule tuning with a trial budget, a progress display, and a records database per target.
 
+The weights stay function parameters (one ``params.npz`` serves every library), and
+``LiftTransformParams`` moves what depends on them alone (bias reshapes, layout changes) into
+``main_transform_params``, which the runtime calls once at load; only ``main``'s kernels are
+tuned and run per frame.
+
 Records live in ``<db_root>/<target key>/`` (MetaSchedule's JSON database). A task whose
 workload already has a valid record there is not tuned again, so exporting a second network
 built from the same operators (every searched variant shares the operator table) costs no
@@ -47,6 +52,13 @@ class TuningReport:
         return dict(self.__dict__)
 
 
+def trials_per_round(options: TuningOptions, tasks: int) -> int:
+    """Trials per task per scheduler round: the first round over all tasks spends about half the
+    budget, so every task leaves its naive (single-threaded) schedule; the scheduler gives the rest to
+    the tasks whose improvement lowers end-to-end latency most."""
+    return max(1, min(64, options.trials_per_task, options.trials // max(1, 2 * tasks)))
+
+
 def _progress_callback(total: int, log: Log):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -68,6 +80,42 @@ def _progress_callback(total: int, log: Log):
     return Progress()
 
 
+TRANSFORM_PARAMS = "main_transform_params"
+
+
+def lower(mod, target: TargetDict):
+    """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused."""
+    import tvm
+    from tvm import relax
+
+    with tvm.target.Target(target):
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.LiftTransformParams(),
+                relax.pipeline.zero_pipeline(),
+            ]
+        )(mod)
+
+
+def per_frame_module(mod):
+    """``mod`` without the once-per-load weight transform: the kernels worth tuning."""
+    import tvm
+    from tvm import relax
+
+    kept = {gv: f for gv, f in mod.functions.items() if gv.name_hint != TRANSFORM_PARAMS}
+    return relax.transform.DeadCodeElimination(["main"])(tvm.IRModule(kept, attrs=mod.attrs))
+
+
+def extract_tasks(mod, target: TargetDict):
+    """MetaSchedule tasks of the per-frame kernels of a lowered module."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.extract_tasks(per_frame_module(mod), tvm.target.Target(target))
+
+
 def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = lambda s: print(s, file=sys.stderr)):
     """Lower ``mod`` for tuning, tune within the budget, apply the records; returns ``(mod, report)``.
 
@@ -80,10 +128,7 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
 
     tvm_target = tvm.target.Target(target)
     start = time.perf_counter()
-    with tvm_target:
-        mod = tvm.transform.Sequential(
-            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), relax.pipeline.zero_pipeline()]
-        )(mod)
+    mod = lower(mod, target)
     work_dir = options.work_dir(target)
     if work_dir is None:
         if options.trials > 0:
@@ -91,7 +136,7 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
         return mod, TuningReport(0, 0, 0, 0, 0.0, None)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    tasks = extract_tasks(mod, target)
     todo = [
         t for t in tasks
         if options.retune or database.query_tuning_record(t.dispatched[0], tvm_target, "main") is None
@@ -111,7 +156,7 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
             work_dir=str(work_dir),
             max_trials_global=options.trials,
             max_trials_per_task=min(options.trials_per_task, options.trials),
-            num_trials_per_iter=min(64, options.trials_per_task, options.trials),
+            num_trials_per_iter=trials_per_round(options, len(todo)),
             builder=ms.builder.LocalBuilder(timeout_sec=options.builder_timeout_s),
             database=database,
             measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],

@@ -11,6 +11,7 @@ import torch
 from ..model import resize_to
 from .package import ModelPackage, PackageError
 from .targets import cpu_features, host_arch, host_target, target_arch
+from .tuning import TRANSFORM_PARAMS
 
 
 def _installed_tvm() -> str:
@@ -81,7 +82,9 @@ class TVMBackend:
         with np.load(params_path) as arrays:
             if len(arrays.files) != len(names):
                 raise PackageError(f"{params_path}: {len(arrays.files)} arrays, metadata lists {len(names)}; export the package again")
-            self.params = [tvm.runtime.tensor(arrays[f"p{i:04d}"], self.device) for i in range(len(names))]
+            weights = [tvm.runtime.tensor(arrays[f"p{i:04d}"], self.device) for i in range(len(names))]
+        # once per load: bias reshapes and other weight-only work compiled into the library
+        self.params = list(self.vm[TRANSFORM_PARAMS](weights))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.input_size:

@@ -12,10 +12,33 @@ import sys
 from .. import cli
 
 
-def _backend(args: argparse.Namespace):
+def _backend(args: argparse.Namespace, name: str):
+    """The latency backend ``name`` (torch | tvm) with the command's device/threads/tuning arguments."""
+    if name == "tvm":
+        from pathlib import Path
+
+        from ..deploy.tuning import TuningOptions
+        from .tvm_lut import TVMBackend
+
+        trials = getattr(args, "trials_per_part", 0)
+        db = getattr(args, "tuning_db", None)
+        if trials and not db:
+            raise ValueError("--trials-per-part needs --tuning-db DIR (the records the final networks' export reuses)")
+        tuning = TuningOptions(trials=trials, trials_per_task=max(1, trials), db_root=Path(db) if db else None)
+        return TVMBackend(getattr(args, "target", "host"), args.threads, tuning)
+    if name != "torch":
+        raise ValueError(f"unknown latency backend {name!r}; use torch or tvm")
     from .lut import TorchBackend
 
     return TorchBackend(args.device, args.threads)
+
+
+def _table_backend(args: argparse.Namespace, path: str):
+    """The backend a table was measured with, set up like it was (to check and extend it on this device)."""
+    from .lut import LatencyTable
+
+    name = LatencyTable.load(path).fingerprint.get("backend", "torch")
+    return _backend(args, name)
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
@@ -25,9 +48,12 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
 
     space = SearchSpace.from_genotype(get_genotype(args.base, args.classes), "O+D+R", args.ratios)
     print(space.describe(), file=sys.stderr)
-    table = LatencyTable.measure(space, args.input_size, _backend(args), args.warmup, args.repeats, progress=True)
+    table = LatencyTable.measure(space, args.input_size, _backend(args, args.backend), args.warmup, args.repeats, progress=True,
+                                 calibrate=args.calibrate)
     path = table.save(args.out)
+    cal = table.calibration
     print(json.dumps({"table": str(path), "entries": len(table.entries), "base_latency_ms": table.predict(space.base),
+                      "calibration": {"scale": cal.scale, "offset_ms": cal.offset_ms, "architectures": len(cal.rows)},
                       "fingerprint": table.fingerprint}, indent=2))
     return 0
 
@@ -37,7 +63,7 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
     from .lut import LatencyTable, check_fidelity
     from .space import SearchSpace
 
-    backend = _backend(args)
+    backend = _table_backend(args, args.table)
     table = LatencyTable.load(args.table, device=backend.fingerprint())
     space = SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
     report = check_fidelity(table, space, backend, args.genotypes, args.seed, args.warmup, args.repeats, progress=True)
@@ -45,13 +71,15 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2)
     print(f"{report['count']} genotypes at {table.input_size[0]}x{table.input_size[1]}: LUT vs measured latency, "
-          f"median error {100 * report['median_abs_rel_error']:.1f} %, worst {100 * report['worst_abs_rel_error']:.1f} %")
+          f"median error {100 * report['median_abs_rel_error']:.1f} %, worst {100 * report['worst_abs_rel_error']:.1f} % "
+          f"(sum of parts without calibration: {100 * report['uncalibrated_median_abs_rel_error']:.1f} % / "
+          f"{100 * report['uncalibrated_worst_abs_rel_error']:.1f} %)")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .config import load_search_config
-    from .lut import LatencyTable, TorchBackend
+    from .lut import LatencyTable
     from .searcher import search
 
     cfg = load_search_config(
@@ -60,7 +88,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, threads=args.threads,
     )
     # latency is only meaningful on the device it was measured on; MACs and params anywhere
-    device = TorchBackend("cpu", cfg.threads).fingerprint() if cfg.metric == "latency_ms" and not args.any_device else None
+    device = None
+    if cfg.metric == "latency_ms" and not args.any_device:
+        device = _table_backend(argparse.Namespace(device="cpu", threads=cfg.threads), cfg.lut).fingerprint()
     table = LatencyTable.load(cfg.lut, device=device)
     summary = search(cfg, table, resume=args.resume, stop_at_step=args.max_steps)
     print(json.dumps(summary, indent=2))
@@ -90,13 +120,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--input-size", type=cli._size, default=(360, 480), help="deployment input HxW")
     b.add_argument("--ratios", type=_ratios, default=(0.4, 0.5, 0.6), help="resolution ratio choices")
     b.add_argument("--out", required=True, help="table file (JSON)")
+    b.add_argument("--calibrate", type=int, default=5, metavar="N",
+                   help="random architectures measured end to end to fit the latency calibration (0: none)")
     _add_measure_args(b, 20)
+    b.add_argument("--backend", choices=["torch", "tvm"], default="torch",
+                   help="measure in PyTorch eager or compiled by TVM for --target (the deployment path)")
+    b.add_argument("--target", default="host", help="TVM target: host or a JSON target dict (tvm backend)")
+    b.add_argument("--trials-per-part", type=int, default=0,
+                   help="MetaSchedule trials per part (tvm backend; 0: apply the records in --tuning-db only)")
+    b.add_argument("--tuning-db", help="tuning records directory shared with `hmseg-core export --tuning-db`")
     b.set_defaults(func=cmd_lut_build)
     c = lsub.add_parser("check", help="LUT-predicted vs measured end-to-end latency of random architectures")
     c.add_argument("--table", required=True)
     c.add_argument("--genotypes", type=int, default=10)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="draws the architectures (not the table's calibration seed)")
     c.add_argument("--report", help="write the JSON report here")
+    c.add_argument("--tuning-db", help="tvm tables: the records directory the table was built with")
     _add_measure_args(c, 20)
     c.set_defaults(func=cmd_lut_check)
 

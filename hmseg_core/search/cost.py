@@ -7,6 +7,8 @@ every layer plus the fixed parts from a :class:`~hmseg_core.search.lut.LatencyTa
 
     E_cost = sum_c P(c) * ( fixed_c + sum_l sum_k p_l(k) * cost_l,k|c )
 
+(with the table's latency calibration ``scale · Σ + offset`` folded into the fixed and layer costs)
+
 with ``P(c)`` the product of the two branches' ratio probabilities. This is exact for the
 factorised distribution the supernet samples from.
 """
@@ -46,8 +48,10 @@ class CostModel:
                     table.lookup(layer_key(op, cin, cout, layer.stride, layer.dilation, hw), metric)
                     for op in layer.candidates
                 ])
-        self.fixed = torch.tensor(fixed, dtype=torch.float64)
-        self.layer_costs = [torch.tensor(c, dtype=torch.float64) for c in layer_costs]
+        # the table's calibration is affine, so it passes through the expectation unchanged
+        scale, offset = table.affine(metric)
+        self.fixed = scale * torch.tensor(fixed, dtype=torch.float64) + offset
+        self.layer_costs = [scale * torch.tensor(c, dtype=torch.float64) for c in layer_costs]
         self.combo_index = torch.tensor(self.combos, dtype=torch.long)
 
     def expected(self, op_probs: Sequence[torch.Tensor], ratio_probs: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -9,13 +9,21 @@ with the same signature share one entry, and a genotype's predicted cost is the 
 parts' entries (:meth:`LatencyTable.predict`).
 
 Each entry holds the median latency (ms) over repeated runs after warm-up, measured by a
-:class:`Backend`, plus MACs and parameters as hardware-agnostic costs. The table is a
+:class:`Backend`, plus MACs and parameters as hardware-agnostic costs.
+
+Parts timed one by one add up to less than the whole network takes: in isolation a part's
+input and weights stay in cache, and the glue between parts (the head's concatenation,
+allocation of intermediate tensors) is nowhere in the sum. The table therefore carries a
+latency **calibration** ``measured ≈ scale · Σ parts + offset``, fitted by least squares on a
+few random architectures of the space measured end to end while the table is built
+(:class:`Calibration`); :meth:`LatencyTable.predict` and the search's expected cost apply it.
+MACs and parameters add up exactly and are never calibrated. The table is a
 versioned JSON file with the fingerprint of the device it was measured on; loading it on a
 different device, or looking up a part it does not hold, raises :class:`LUTError`.
 
-Backends: :class:`TorchBackend` (eager PyTorch, CPU or CUDA). The deployment backend (TVM)
-plugs in by implementing :class:`Backend`: compile each part for the target, run it, and
-describe the target in ``fingerprint()``.
+Backends: :class:`TorchBackend` (eager PyTorch, CPU or CUDA) and
+:class:`hmseg_core.search.tvm_lut.TVMBackend` (each part BN-folded, compiled for the target
+by TVM, optionally tuned into the records database the final networks' export reuses).
 """
 
 from __future__ import annotations
@@ -217,6 +225,54 @@ def _random_inputs(shapes: Iterable[Shape], seed: int = 0) -> List[torch.Tensor]
     return [torch.randn(1, *s, generator=gen) for s in shapes]
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """``measured ≈ scale · Σ parts + offset_ms``, fitted on ``rows`` (genotype, sum of parts, measured)."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    rows: Tuple[Tuple[str, float, float], ...] = ()
+
+    def apply(self, raw_ms: float) -> float:
+        return self.scale * raw_ms + self.offset_ms
+
+    @classmethod
+    def fit(cls, rows: Sequence[Tuple[str, float, float]]) -> "Calibration":
+        """Least squares over the rows; one row, or a fit that is not increasing, keeps the ratio of sums."""
+        rows = tuple((str(g), float(p), float(m)) for g, p, m in rows)
+        if not rows:
+            return cls()
+        xs, ys = [r[1] for r in rows], [r[2] for r in rows]
+        ratio = cls(sum(ys) / sum(xs), 0.0, rows)
+        if len(rows) < 2:
+            return ratio
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var <= 1e-12 * max(1.0, mx * mx):
+            return ratio
+        scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+        return cls(scale, my - scale * mx, rows) if scale > 0 else ratio
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"scale": self.scale, "offset_ms": self.offset_ms,
+                "rows": [{"genotype": g, "sum_of_parts_ms": p, "measured_ms": m} for g, p, m in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Calibration":
+        rows = tuple((r["genotype"], float(r["sum_of_parts_ms"]), float(r["measured_ms"])) for r in d.get("rows", []))
+        return cls(float(d["scale"]), float(d["offset_ms"]), rows)
+
+
+def measure_network(genotype: Genotype, input_size: Sequence[int], backend: Backend, warmup: int, repeats: int, seed: int = 0) -> float:
+    """End-to-end latency (ms) of ``genotype``'s inference network on ``backend``."""
+    torch.manual_seed(seed)
+    net = build_model(genotype, boosting=False).eval()
+    return backend.measure(net, _random_inputs([(3, *input_size)]), warmup, repeats)
+
+
+CALIBRATION_SEED = 1_000_003  # calibration samples; fidelity checks draw with other seeds
+
+
 @dataclass
 class LatencyTable:
     """Costs per part, the fingerprint of the device they were measured on, and what was measured."""
@@ -228,6 +284,7 @@ class LatencyTable:
     ratio_choices: Tuple[Tuple[float, ...], Tuple[float, ...]]
     settings: Dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    calibration: Calibration = field(default_factory=Calibration)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -239,8 +296,10 @@ class LatencyTable:
         warmup: int = 5,
         repeats: int = 20,
         progress: bool = False,
+        calibrate: int = 5,
     ) -> "LatencyTable":
-        """Measure every part of every architecture of ``space`` at ``input_size`` with ``backend``."""
+        """Measure every part of every architecture of ``space`` at ``input_size`` with ``backend``, then
+        ``calibrate`` random architectures end to end for the latency :class:`Calibration` (0: none)."""
         from tqdm import tqdm
 
         parts = space_parts(space, input_size)
@@ -254,7 +313,7 @@ class LatencyTable:
                 "macs": int(count_macs_on(module, inputs)),
                 "params": int(count_params(module)),
             }
-        return cls(
+        table = cls(
             entries=entries,
             fingerprint=backend.fingerprint(),
             input_size=(int(input_size[0]), int(input_size[1])),
@@ -263,6 +322,12 @@ class LatencyTable:
             settings={"warmup": warmup, "repeats": repeats, "statistic": "median", "batch": 1, "dtype": "float32",
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
+        rng = random.Random(CALIBRATION_SEED)
+        rows = []
+        for g in tqdm([space.sample(rng) for _ in range(calibrate)], desc="calibration", unit="net", disable=not progress):
+            rows.append((g.format(), table.predict(g, calibrated=False), measure_network(g, input_size, backend, warmup, repeats)))
+        table.calibration = Calibration.fit(rows)
+        return table
 
     # ------------------------------------------------------------------ file form
     def to_dict(self) -> Dict[str, Any]:
@@ -274,6 +339,7 @@ class LatencyTable:
             "base": self.base,
             "ratio_choices": [list(c) for c in self.ratio_choices],
             "settings": self.settings,
+            "calibration": self.calibration.to_dict(),
             "entries": self.entries,
         }
 
@@ -313,7 +379,12 @@ class LatencyTable:
         for key, entry in data["entries"].items():
             if not isinstance(entry, dict) or any(not isinstance(entry.get(m), (int, float)) for m in METRICS):
                 raise LUTError(f"{path}: entry {key!r} needs numbers for {', '.join(METRICS)}, got {entry!r}")
+        try:
+            calibration = Calibration.from_dict(data["calibration"]) if "calibration" in data else Calibration()
+        except (KeyError, TypeError, ValueError) as e:
+            raise LUTError(f"{path}: malformed 'calibration' ({type(e).__name__}: {e}); rebuild the table") from None
         table = cls(
+            calibration=calibration,
             entries=data["entries"],
             fingerprint=data["fingerprint"],
             input_size=tuple(data["input_size"]),  # type: ignore[arg-type]
@@ -355,9 +426,15 @@ class LatencyTable:
                 "rebuild the table for this search space and input size"
             ) from None
 
-    def predict(self, genotype: Genotype, metric: str = "latency_ms") -> float:
+    def affine(self, metric: str) -> Tuple[float, float]:
+        """``(scale, offset)`` turning a sum of ``metric`` entries into the network's cost."""
+        return (self.calibration.scale, self.calibration.offset_ms) if metric == "latency_ms" else (1.0, 0.0)
+
+    def predict(self, genotype: Genotype, metric: str = "latency_ms", calibrated: bool = True) -> float:
         """Predicted cost of ``genotype``'s inference network at the table's input size."""
-        return sum(self.lookup(p.key, metric) for p in decompose(genotype, self.input_size))
+        raw = sum(self.lookup(p.key, metric) for p in decompose(genotype, self.input_size))
+        scale, offset = self.affine(metric) if calibrated else (1.0, 0.0)
+        return scale * raw + offset
 
     def covers(self, space: SearchSpace) -> None:
         """Raise :class:`LUTError` naming the first few parts of ``space`` the table lacks."""
@@ -386,25 +463,29 @@ def check_fidelity(
     The base genotype is always the first; the rest are uniform samples of ``space``.
     Returns one row per genotype and the median / worst absolute relative error.
     """
+    if seed == CALIBRATION_SEED:
+        raise ValueError("that seed draws the table's calibration architectures; check with another")
     rng = random.Random(seed)
     genotypes = [space.base] + [space.sample(rng) for _ in range(max(0, count - 1))]
-    x = _random_inputs([(3, *table.input_size)])
     rows = []
     for g in genotypes:
-        torch.manual_seed(seed)
-        net = build_model(g, boosting=False).eval()
-        measured = backend.measure(net, x, warmup, repeats)
-        predicted = table.predict(g)
-        rows.append({"genotype": g.format(), "predicted_ms": predicted, "measured_ms": measured,
-                     "rel_error": (predicted - measured) / measured})
+        measured = measure_network(g, table.input_size, backend, warmup, repeats, seed)
+        predicted, raw = table.predict(g), table.predict(g, calibrated=False)
+        rows.append({"genotype": g.format(), "predicted_ms": predicted, "sum_of_parts_ms": raw, "measured_ms": measured,
+                     "rel_error": (predicted - measured) / measured, "raw_rel_error": (raw - measured) / measured})
         if progress:
-            print(f"predicted {predicted:8.3f} ms  measured {measured:8.3f} ms  error {100 * rows[-1]['rel_error']:+6.1f} %",
-                  file=sys.stderr)
+            print(f"predicted {predicted:8.3f} ms  measured {measured:8.3f} ms  error {100 * rows[-1]['rel_error']:+6.1f} % "
+                  f"(sum of parts {raw:8.3f} ms, {100 * rows[-1]['raw_rel_error']:+6.1f} %)", file=sys.stderr)
     errors = [abs(r["rel_error"]) for r in rows]
+    raw_errors = [abs(r["raw_rel_error"]) for r in rows]
     return {
         "count": len(rows),
         "median_abs_rel_error": statistics.median(errors),
         "worst_abs_rel_error": max(errors),
+        "uncalibrated_median_abs_rel_error": statistics.median(raw_errors),
+        "uncalibrated_worst_abs_rel_error": max(raw_errors),
+        "calibration": {"scale": table.calibration.scale, "offset_ms": table.calibration.offset_ms,
+                        "architectures": len(table.calibration.rows)},
         "rows": rows,
         "fingerprint": backend.fingerprint(),
         "input_size": list(table.input_size),

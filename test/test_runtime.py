@@ -114,7 +114,7 @@ def test_zoo_save_load_round_trip_and_errors(tmp_path, ckpt):
     with pytest.raises(ZooError, match="unique"):
         ModelZoo([Variant("a", ckpt, 0.6), Variant("a", ckpt, 0.4)])
     (tmp_path / "bad.yaml").write_text(json.dumps({"variants": [{"name": "x", "checkpoint": "missing.pt", "miou": 0.5}]}))
-    with pytest.raises(ZooError, match="missing.pt not found"):
+    with pytest.raises(ZooError, match="missing.pt is neither a checkpoint file nor a model package"):
         ModelZoo.load(tmp_path / "bad.yaml")
     (tmp_path / "pct.yaml").write_text(json.dumps({"variants": [{"name": "x", "checkpoint": str(ckpt), "miou": 74.3}]}))
     with pytest.raises(ZooError, match="fraction"):

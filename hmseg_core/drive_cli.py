@@ -150,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     zm.add_argument("--budget", type=float, default=0.0, help="latency budget in ms (0: none)")
     zm.add_argument("--size", type=cli._size, default=(360, 480), help="camera image size HxW")
     zm.add_argument("--network-size", type=cli._size, help="run the network at HxW (resize policy fixed)")
-    zm.add_argument("--backend", default="torch")
+    zm.add_argument("--backend", default="auto", help="auto: packages on tvm, checkpoints on torch")
     zm.add_argument("--device", default="cpu")
     zm.add_argument("--iterations", type=int, default=20)
     zm.add_argument("--threads", type=int, default=0)
@@ -163,7 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--zoo", help="model zoo index")
     r.add_argument("--checkpoint", help="a single checkpoint (instead of --zoo)")
     r.add_argument("--budget", type=float, default=0.0, help="latency budget in ms (0: the most accurate variant)")
-    r.add_argument("--backend", default="torch")
+    r.add_argument("--backend", default="auto", help="auto: packages on tvm, checkpoints on torch")
     r.add_argument("--mode", choices=["lockstep", "recorded"], default="lockstep",
                    help="lockstep: every frame waits for its prediction (exact mIoU); recorded: the bag's rate (stale frames drop)")
     r.add_argument("--rate-scale", type=float, default=1.0, help="recorded mode: playback speed factor")

@@ -87,6 +87,14 @@ def _deploy_factory(name: str) -> BackendFactory:
 
 
 BACKENDS.update({name: _deploy_factory(name) for name in ("tvm", "onnxruntime")})
+AUTO = "auto"  # a model package runs on tvm, a checkpoint on torch
+
+
+def resolve_backend(backend: Optional[str], model: str | os.PathLike) -> str:
+    """``backend``, or for ``None`` / ``"auto"`` the default for ``model``: tvm for a package directory, else torch."""
+    if backend not in (None, AUTO):
+        return backend
+    return "tvm" if Path(model).is_dir() else "torch"
 
 
 # ---------------------------------------------------------------------------- resize policy
@@ -144,10 +152,10 @@ class Segmenter:
         fallback: bool = False,
     ) -> None:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
-        ``backend`` defaults to ``"tvm"`` for a package and ``"torch"`` otherwise; with ``fallback``
+        ``backend`` (``None`` or ``"auto"``) defaults to ``"tvm"`` for a package and ``"torch"`` otherwise; with ``fallback``
         a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
-        package_dir = not isinstance(checkpoint, dict) and Path(checkpoint).is_dir()
-        backend = backend or ("tvm" if package_dir else "torch")
+        if backend in (None, AUTO):
+            backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_model(checkpoint)
@@ -292,7 +300,7 @@ class ModelZoo:
             miou = (ModelPackage.load(checkpoint).metadata.get("accuracy") or {}).get("miou")
         else:
             miou = load_checkpoint(checkpoint).get("best_miou")
-        return cls([Variant(Path(checkpoint).name, Path(checkpoint), max(0.0, float(miou or 0.0)))])
+        return cls([Variant(Path(checkpoint).stem, Path(checkpoint), max(0.0, float(miou or 0.0)))])
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -432,7 +440,7 @@ class Measurement:
 def measure_zoo(
     zoo: ModelZoo,
     size: Tuple[int, int],
-    backend: str = "torch",
+    backend: str = AUTO,
     resize: ResizePolicy = ResizePolicy(),
     device: str = "cpu",
     cache: Optional[LatencyCache] = None,
@@ -440,10 +448,11 @@ def measure_zoo(
     warmup: int = 3,
     log: Callable[[str], None] = lambda s: None,
 ) -> List[Measurement]:
-    """Latency of every variant at image ``size`` on this machine (from ``cache`` when measured before)."""
-    fp = device_fingerprint(backend, device)
+    """Latency of every variant at image ``size`` on this machine (from ``cache`` when measured before);
+    ``backend`` ``"auto"`` runs each variant on its default backend (:func:`resolve_backend`)."""
     out = []
     for v in zoo.variants:
+        fp = device_fingerprint(resolve_backend(backend, v.checkpoint), device)
         key = LatencyCache.entry_key(v.checkpoint, size, resize)
         stats = cache.get(fp, key) if cache else None
         cached = stats is not None
@@ -508,7 +517,7 @@ def check_same_classes(zoo: ModelZoo) -> List[str]:
 
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendUnavailable", "CheckpointError", "LatencyCache", "LatencyStats", "Measurement", "ModelZoo",
+    "AUTO", "BACKENDS", "Backend", "BackendUnavailable", "CheckpointError", "LatencyCache", "LatencyStats", "Measurement", "ModelZoo",
     "ResizePolicy", "Segmenter", "Selection", "Timings", "TorchBackend", "Variant", "ZooError",
-    "check_same_classes", "device_fingerprint", "measure_latency", "measure_zoo", "overlay", "select_variant",
+    "check_same_classes", "device_fingerprint", "load_model", "resolve_backend", "measure_latency", "measure_zoo", "overlay", "select_variant",
 ]

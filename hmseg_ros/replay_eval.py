@@ -35,7 +35,7 @@ def run_replay_eval(
     zoo: str = "",
     model: str = "",
     budget_ms: float = 0.0,
-    backend: str = "torch",
+    backend: str = "auto",
     mode: str = "lockstep",
     rate_scale: float = 1.0,
     resize_policy: str = "native",
@@ -93,7 +93,7 @@ def run_replay_eval(
         stats = segment.stats()
         variant = segment.selection.variant
         rep = evaluator.finish({
-            "bag": str(bag), "variant": variant.name, "checkpoint": str(variant.checkpoint), "backend": backend,
+            "bag": str(bag), "variant": variant.name, "checkpoint": str(variant.checkpoint), "backend": segment.segmenter.backend_name,
             "mode": mode, "budget_ms": float(budget_ms), "wall_s": wall, "frames_published": replay.published,
             "lockstep_timeouts": replay.timeouts, "segmenter": stats, "selection": segment.selection.describe(),
         })

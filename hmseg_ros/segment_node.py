@@ -40,6 +40,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from hmseg_core.runtime import (
+    AUTO,
     BACKENDS,
     LatencyCache,
     Measurement,
@@ -76,7 +77,7 @@ PARAMETERS = {
     "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
-    "backend": ("torch", _desc(f"inference backend: {', '.join(sorted(BACKENDS))}", True)),
+    "backend": (AUTO, _desc(f"inference backend: {AUTO} (model packages on tvm, checkpoints on torch), {', '.join(sorted(BACKENDS))}", True)),
     "device": ("cpu", _desc("torch device for the torch backend (cpu, cuda, cuda:1)", True)),
     "threads": (0, _desc("intra-op CPU threads for inference; 0: library default", True, 0, 256)),
     "input_topic": ("/camera/image_raw", _desc("sensor_msgs/Image topic to segment", True)),
@@ -169,8 +170,8 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ model choice
     def _check_static(self, p: Dict) -> None:
         problems = []
-        if p["backend"] not in BACKENDS:
-            problems.append(f"backend {p['backend']!r} is not available; available: {', '.join(sorted(BACKENDS))}")
+        if p["backend"] not in BACKENDS and p["backend"] != AUTO:
+            problems.append(f"backend {p['backend']!r} is not available; available: {AUTO}, {', '.join(sorted(BACKENDS))}")
         if p["qos"] not in QOS_CHOICES:
             problems.append(f"qos {p['qos']!r}: use one of {', '.join(QOS_CHOICES)}")
         if p["resize_policy"] not in ("native", "fixed"):

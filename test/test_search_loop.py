@@ -1,9 +1,13 @@
 """The search loop: outputs, exact resume, the CLI."""
 
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 from hmseg_core.cli import main as cli_main
 from hmseg_core.genotype import Genotype
@@ -91,3 +95,21 @@ def test_cli_lut_and_search(tmp_path, lut_path, capsys):
     assert "another device" in capsys.readouterr().err
     assert cli_main(["search", "--out", str(tmp_path / "s3"), "--lut", ""]) == 2
     assert "a latency table is required" in capsys.readouterr().err
+
+
+def test_search_under_torchrun_keeps_replicas_identical(tmp_path, lut_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "hmseg_core.cli", "search", "--lut", lut_path, "--out", str(out)]
+    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    prints = summary["replica_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    # 8 images halved between weights and architecture: 4 per half, batch 2 x 2 processes -> 1 step per epoch
+    assert summary["finished"] and summary["steps"] == TINY["epochs"]
+    Genotype.parse((out / "genotype.txt").read_text().strip())

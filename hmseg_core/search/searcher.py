@@ -35,7 +35,7 @@ from ..data.synthetic import write_dataset
 from ..data.transforms import EpochBatchSampler, TrainTransform, TrainView, seeded_generator
 from ..losses import SegLoss
 from ..registry import get_genotype
-from ..train import DistContext, truncate_log
+from ..train import DistContext, replica_fingerprints, truncate_log
 from .config import SearchConfig, save_search_config
 from .cost import CostModel, cost_loss
 from .lut import LatencyTable
@@ -70,7 +70,13 @@ class _Subset(torch.utils.data.Dataset):
 
 
 def average_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
-    """All-reduce (mean) the gradients that exist; every rank must hold the same set."""
+    """All-reduce (mean) the gradients that exist; every rank must hold the same set.
+
+    Not the ``DistributedDataParallel`` wrapper: a search step runs one sampled path (the
+    other candidates get no gradient), and the weight and architecture updates alternate
+    with separate optimizers over disjoint parameter sets, each from its own backward pass.
+    Every rank draws the same path (same seed), so the same gradients exist everywhere and
+    one ``all_reduce`` per existing gradient is the whole synchronisation."""
     if world_size <= 1:
         return
     for p in params:
@@ -249,6 +255,11 @@ class GumbelSearch:
             "wall_s": time.time() - t0,
             "out_dir": str(out),
         }
+        if ctx.world_size > 1:  # weights and architecture parameters alike, on every rank
+            prints = replica_fingerprints(net)
+            summary["replica_fingerprints"] = prints
+            if any(p != prints[0] for p in prints):
+                raise RuntimeError(f"search replicas diverged: parameter fingerprints per rank {prints}")
         if ctx.main:
             (out / "genotype.txt").write_text(genotype.format() + "\n")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -2,10 +2,11 @@
 
 Exports the packages (random weights unless --checkpoint NAME=PATH is given; latency does not
 depend on the weights), then runs ``hmseg_core.deploy.bench`` on all of them in one process,
-interleaved. Tuning records go to --tuning-db and are reused by later runs. Hours of tuning on
-a 2-core CPU: see docs/DEPLOY.md for the budget.
+interleaved. Tuning records go to --tuning-db and are reused by later runs: with --trials 0 the
+tuned packages only apply the records already there (tasks without one keep the default
+schedule). Hours of tuning on a 2-core CPU: see docs/DEPLOY.md for the budget.
 
-    python benchmarks/bench_backends.py --out runs/bench --tuning-db runs/tuning --trials 2000
+    python benchmarks/bench_backends.py --out runs/bench --tuning-db runs/tuning --trials 2500
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--tuning-db", type=Path, default=Path("runs/tuning"))
-    p.add_argument("--trials", type=int, default=2000, help="tuning budget per tuned package")
+    p.add_argument("--trials", type=int, default=2500, help="tuning budget per tuned package (0: apply existing records)")
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES])
     p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch", "torch.compile"])
     args = p.parse_args(argv)
     given = dict(c.split("=", 1) for c in args.checkpoint)
     packages = []
@@ -51,13 +53,13 @@ def main(argv=None) -> int:
         ckpt = Path(given[model]) if model in given else random_checkpoint(model, args.out / f"{model}.pt")
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
-            for trials in (0, args.trials):
-                out = args.out / f"{model}_{h}x{w}_{'tuned' if trials else 'untuned'}"
+            for tuned in (False, True):
+                out = args.out / f"{model}_{h}x{w}_{'tuned' if tuned else 'untuned'}"
                 if not (out / "metadata.json").is_file():
-                    tuning = TuningOptions(trials=trials, db_root=args.tuning_db if trials else None)
-                    export_package(ckpt, out, ExportOptions(input_size=(h, w), onnx=not trials, tuning=tuning, overwrite=True))
+                    tuning = TuningOptions(trials=args.trials, db_root=args.tuning_db) if tuned else TuningOptions()
+                    export_package(ckpt, out, ExportOptions(input_size=(h, w), onnx=not tuned, tuning=tuning, overwrite=True))
                 packages.append(out)
-    rows = bench(packages, runs=args.runs, threads=args.threads, log=lambda s: print(s, file=sys.stderr))
+    rows = bench(packages, backends=args.backends, runs=args.runs, threads=args.threads, log=lambda s: print(s, file=sys.stderr))
     print(format_table(rows, args.threads))
     return 0
 

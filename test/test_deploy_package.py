@@ -289,3 +289,27 @@ def test_trials_per_round_spends_about_half_the_budget_on_one_pass_over_all_task
     assert trials_per_round(TuningOptions(trials=2500), 48) == 26
     assert trials_per_round(TuningOptions(trials=100000), 48) == 64
     assert trials_per_round(TuningOptions(trials=10), 48) == 1
+
+
+@pytest.fixture(scope="module")
+def cuda_package(checkpoint, tmp_path_factory):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not on PATH: TVM compiles CUDA kernels with it")
+    out = tmp_path_factory.mktemp("cuda") / "pkg"
+    return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=("cuda",), onnx=False), log=lambda s: None)
+
+
+def test_cuda_library_builds_without_a_gpu(cuda_package):
+    """The CUDA target compiles here (nvcc and TVM's GPU schedules); a CPU-only machine gets a clear error."""
+    (lib,) = cuda_package.libraries
+    assert lib["target"]["kind"] == "cuda" and lib["target_key"].startswith("cuda-sm_")
+    assert (cuda_package.root / lib["file"]).stat().st_size > 0
+    with pytest.raises(PackageError, match="no llvm library"):
+        Segmenter(cuda_package.root, backend="tvm")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch")
+def test_cuda_library_labels_equal_torch(cuda_package):
+    rgb = _images(1)[0]
+    expected = Segmenter(cuda_package.root, backend="torch")(rgb)
+    np.testing.assert_array_equal(Segmenter(cuda_package.root, backend="tvm", device="cuda")(rgb), expected)

@@ -18,6 +18,9 @@ from ..runtime import Segmenter, device_fingerprint
 from .package import ModelPackage
 
 
+TORCH_COMPILE = "torch.compile"  # bench only: the package's checkpoint through torch.compile (inductor)
+
+
 @dataclass
 class BenchRow:
     """One (package, backend) row: inference-only and end-to-end milliseconds."""
@@ -51,9 +54,10 @@ def set_threads(threads: int) -> None:
 
 def _label(seg: Segmenter) -> str:
     if seg.backend_name == "tvm":
-        trials = seg.backend.library.get("tuning", {}).get("trials", 0)
-        return f"TVM {'tuned, ' + str(trials) + ' trials' if trials else 'untuned'}"
-    return {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager"}.get(seg.backend_name, seg.backend_name)
+        t = seg.backend.library.get("tuning", {})
+        tuned = t.get("tasks_tuned", 0) + t.get("tasks_reused", 0)
+        return f"TVM tuned ({tuned}/{t.get('tasks')} tasks)" if tuned else "TVM untuned"
+    return {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager", TORCH_COMPILE: "torch.compile"}.get(seg.backend_name, seg.backend_name)
 
 
 def bench(
@@ -78,11 +82,14 @@ def bench(
                 log(f"{package.root.name}: no {backend} model in the package, skipped")
                 continue
             h, w = size or package.input_size
-            if backend == "torch":  # one torch row per network and size: tuned/untuned packages share it
-                if (package.metadata["genotype"], h, w) in seen_torch:
+            if backend in ("torch", TORCH_COMPILE):  # one row per network and size: tuned/untuned packages share it
+                if (backend, package.metadata["genotype"], h, w) in seen_torch:
                     continue
-                seen_torch.add((package.metadata["genotype"], h, w))
-            seg = Segmenter(pkg, backend=backend)
+                seen_torch.add((backend, package.metadata["genotype"], h, w))
+            seg = Segmenter(pkg, backend="torch" if backend == TORCH_COMPILE else backend)
+            if backend == TORCH_COMPILE:  # inductor compiles on the first (warm-up) call
+                seg.backend.model = torch.compile(seg.backend.model, dynamic=False)
+                seg.backend_name = TORCH_COMPILE
             rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             rows.append((BenchRow(Path(pkg).name, backend, _label(seg), (h, w), [], []), seg, rgb))
     for i in range(warmup + runs):

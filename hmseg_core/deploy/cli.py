@@ -79,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser("bench", help="interleaved latency of backends on model packages (median, p95)")
     b.add_argument("packages", nargs="+", help="model package directories (e.g. an untuned and a tuned export)")
-    b.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch"], choices=["tvm", "onnxruntime", "torch"])
+    b.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch"],
+                   choices=["tvm", "onnxruntime", "torch", "torch.compile"])
     b.add_argument("--runs", type=int, default=50)
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--threads", type=int, default=2)

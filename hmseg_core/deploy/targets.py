@@ -53,7 +53,9 @@ def cuda_target(arch: Optional[str] = None) -> TargetDict:
         except Exception:  # no CUDA runtime: fall back to a common architecture
             major, minor = 8, 0
         arch = f"sm_{major}{minor}"
-    return {"kind": "cuda", "arch": arch, "host": host_target()}
+    # shared memory and thread limits common to sm_50 and newer; TVM's GPU schedules size their tiles by them
+    return {"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+            "thread_warp_size": 32, "host": host_target()}
 
 
 def resolve_target(spec: str | TargetDict, num_cores: Optional[int] = None) -> TargetDict:

@@ -1,0 +1,127 @@
+"""Search for several latency budgets on this machine, then measure what each search derived.
+
+Builds (or reuses) the latency table, checks its fidelity, runs one search per budget (each
+resumable: run the script again after a kill), and measures the derived networks end to end,
+interleaved in one process with the base network, against their targets:
+
+    python benchmarks/search_budgets.py --data-root ../shared/data/camvid --out runs/search_budgets \\
+        --budgets 0.5 1 2 --threads 2 -o crop=192,256 -o epochs=12 -o warmup_epochs=4
+
+Budgets are multiples of the base network's predicted latency (``--budgets-ms`` for absolute
+milliseconds). Writes ``<out>/report.json`` and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hmseg_core.genotype import Genotype
+from hmseg_core.model import build_model
+from hmseg_core.search.lut import LatencyTable, TorchBackend, _random_inputs
+
+
+def run(cmd, log: Path) -> None:
+    print("$ " + " ".join(cmd), file=sys.stderr)
+    with log.open("a") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def cli(*args: str):
+    return [sys.executable, "-m", "hmseg_core.cli", *args]
+
+
+def measure_interleaved(genotypes, size, threads: int, rounds: int, warmup: int = 5):
+    """Median and p95 ms of each network, one run of each per round."""
+    torch.set_num_threads(threads)
+    nets = []
+    for g in genotypes:
+        torch.manual_seed(0)
+        nets.append(build_model(g, boosting=False).eval())
+    (x,) = _random_inputs([(3, *size)])
+    times = [[] for _ in nets]
+    with torch.inference_mode():
+        for r in range(warmup + rounds):
+            for i, net in enumerate(nets):
+                t = time.perf_counter()
+                net(x)
+                if r >= warmup:
+                    times[i].append(1e3 * (time.perf_counter() - t))
+    return [(statistics.median(t), sorted(t)[int(0.95 * (len(t) - 1))]) for t in times]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/search_budgets"))
+    p.add_argument("--base", default="mrms_tiny")
+    p.add_argument("--input-size", default="360x480")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="multiples of the base's latency")
+    p.add_argument("--budgets-ms", type=float, nargs="+", help="absolute targets in ms (instead of --budgets)")
+    p.add_argument("--config", default="config/search_camvid.yaml")
+    p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="search config override")
+    p.add_argument("--rounds", type=int, default=50, help="timed runs per network in the final measurement")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "commands.log"
+    h, w = (int(v) for v in args.input_size.split("x"))
+
+    table_path = args.out / f"lut_{h}x{w}.json"
+    if not table_path.is_file():
+        run(cli("lut", "build", "--base", args.base, "--input-size", args.input_size, "--threads", str(args.threads),
+                "--out", str(table_path)), log)
+    fidelity_path = args.out / "fidelity.json"
+    if not fidelity_path.is_file():
+        run(cli("lut", "check", "--table", str(table_path), "--genotypes", "10", "--threads", str(args.threads),
+                "--report", str(fidelity_path)), log)
+    table = LatencyTable.load(table_path, device=TorchBackend("cpu", args.threads).fingerprint())
+    base = Genotype.parse(table.base)
+    base_ms = table.predict(base)
+    targets = args.budgets_ms or [round(f * base_ms, 1) for f in args.budgets]
+
+    results = []
+    for target in targets:
+        out = args.out / f"target_{target:g}ms"
+        if not (out / "summary.json").is_file() or not json.loads((out / "summary.json").read_text()).get("finished"):
+            cmd = cli("search", "--config", args.config, "--data-root", args.data_root, "--lut", str(table_path),
+                      "--target", str(target), "--threads", str(args.threads), "--out", str(out))
+            cmd += [f"-o{kv}" for kv in args.set] + (["--resume"] if (out / "last.pt").is_file() else [])
+            run(cmd, log)
+        results.append({"target_ms": target, **json.loads((out / "summary.json").read_text())})
+
+    genotypes = [base] + [Genotype.parse(r["genotype"]) for r in results]
+    measured = measure_interleaved(genotypes, (h, w), args.threads, args.rounds)
+    fidelity = json.loads(fidelity_path.read_text())
+    report = {
+        "input_size": [h, w], "threads": args.threads, "lut": str(table_path),
+        "base": {"genotype": base.format(), "predicted_ms": base_ms, "measured_ms": measured[0][0], "p95_ms": measured[0][1]},
+        "fidelity": {k: fidelity[k] for k in fidelity if k != "rows"},
+        "searches": [],
+    }
+    lines = [
+        f"base {args.base}: predicted {base_ms:.1f} ms, measured {measured[0][0]:.1f} ms (median, {args.threads} threads, {h}x{w})",
+        "| target R ms | predicted ms | measured median ms | p95 ms | measured vs R | search wall s | genotype |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, (med, p95) in zip(results, measured[1:]):
+        row = {"target_ms": r["target_ms"], "genotype": r["genotype"], "predicted_ms": r["predicted"]["latency_ms"],
+               "measured_ms": med, "p95_ms": p95, "vs_target": med / r["target_ms"] - 1, "wall_s": r["wall_s"],
+               "macs": r["predicted"]["macs"], "params": r["predicted"]["params"], "out_dir": r["out_dir"]}
+        report["searches"].append(row)
+        lines.append(f"| {row['target_ms']:g} | {row['predicted_ms']:.1f} | {med:.1f} | {p95:.1f} | {100 * row['vs_target']:+.1f} % | "
+                     f"{row['wall_s']:.0f} | `{row['genotype']}` |")
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

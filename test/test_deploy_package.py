@@ -313,3 +313,22 @@ def test_cuda_library_labels_equal_torch(cuda_package):
     rgb = _images(1)[0]
     expected = Segmenter(cuda_package.root, backend="torch")(rgb)
     np.testing.assert_array_equal(Segmenter(cuda_package.root, backend="tvm", device="cuda")(rgb), expected)
+
+
+@pytest.fixture(scope="module")
+def aarch64_package(checkpoint, tmp_path_factory):
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("no aarch64 cross compiler (Debian: apt-get install g++-aarch64-linux-gnu)")
+    out = tmp_path_factory.mktemp("arm") / "pkg"
+    return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=("aarch64",), onnx=False), log=lambda s: None)
+
+
+def test_aarch64_library_is_cross_compiled_and_refused_on_another_architecture(aarch64_package):
+    (lib,) = aarch64_package.libraries
+    header = (aarch64_package.root / lib["file"]).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # e_machine EM_AARCH64
+    from hmseg_core.deploy.targets import host_arch
+
+    if host_arch() != "aarch64":
+        with pytest.raises(PackageError, match="another CPU architecture"):
+            Segmenter(aarch64_package.root, backend="tvm")

@@ -86,7 +86,7 @@ def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptio
     if cxx is not None:
         if shutil.which(cxx) is None:
             raise RuntimeError(f"cross-compiling for {target_key(target)} needs {cxx} (Debian: apt-get install g++-{cxx.split('-linux')[0]}-linux-gnu)")
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         executable.export_library(str(out_path), fcompile=cc.cross_compiler(cxx))
     else:

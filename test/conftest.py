@@ -1,4 +1,7 @@
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,3 +28,15 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def run_cli_under_torchrun(cli_args, overrides: dict, nproc: int = 2, timeout: float = 300) -> None:
+    """``python -m hmseg_core.cli CLI_ARGS -oKEY=VALUE...`` as ``nproc`` processes on loopback (gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "hmseg_core.cli", *cli_args]
+    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items()]
+    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -291,12 +291,17 @@ def test_trials_per_round_spends_about_half_the_budget_on_one_pass_over_all_task
     assert trials_per_round(TuningOptions(trials=10), 48) == 1
 
 
+def _export_for(target, tool, missing, checkpoint, tmp_path_factory):
+    """A package with only a ``target`` library, or a skip naming the missing ``tool``."""
+    if shutil.which(tool) is None:
+        pytest.skip(missing)
+    out = tmp_path_factory.mktemp(target) / "pkg"
+    return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=(target,), onnx=False), log=lambda s: None)
+
+
 @pytest.fixture(scope="module")
 def cuda_package(checkpoint, tmp_path_factory):
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc not on PATH: TVM compiles CUDA kernels with it")
-    out = tmp_path_factory.mktemp("cuda") / "pkg"
-    return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=("cuda",), onnx=False), log=lambda s: None)
+    return _export_for("cuda", "nvcc", "nvcc not on PATH: TVM compiles CUDA kernels with it", checkpoint, tmp_path_factory)
 
 
 def test_cuda_library_builds_without_a_gpu(cuda_package):
@@ -317,10 +322,8 @@ def test_cuda_library_labels_equal_torch(cuda_package):
 
 @pytest.fixture(scope="module")
 def aarch64_package(checkpoint, tmp_path_factory):
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("no aarch64 cross compiler (Debian: apt-get install g++-aarch64-linux-gnu)")
-    out = tmp_path_factory.mktemp("arm") / "pkg"
-    return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=("aarch64",), onnx=False), log=lambda s: None)
+    return _export_for("aarch64", "aarch64-linux-gnu-g++", "no aarch64 cross compiler (Debian: apt-get install g++-aarch64-linux-gnu)",
+                       checkpoint, tmp_path_factory)
 
 
 def test_aarch64_library_is_cross_compiled_and_refused_on_another_architecture(aarch64_package):

@@ -1,13 +1,10 @@
 """The search loop: outputs, exact resume, the CLI."""
 
 import json
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import run_cli_under_torchrun
 
 from hmseg_core.cli import main as cli_main
 from hmseg_core.genotype import Genotype
@@ -98,15 +95,8 @@ def test_cli_lut_and_search(tmp_path, lut_path, capsys):
 
 
 def test_search_under_torchrun_keeps_replicas_identical(tmp_path, lut_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "-m", "hmseg_core.cli", "search", "--lut", lut_path, "--out", str(out)]
-    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
-    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_cli_under_torchrun(["search", "--lut", lut_path, "--out", str(out)], TINY)
     summary = json.loads((out / "summary.json").read_text())
     prints = summary["replica_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import subprocess_env
+from conftest import run_cli_under_torchrun, subprocess_env
 from hmseg_core.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
 from hmseg_core.cli import main as cli_main
 from hmseg_core.config import ConfigError, TrainConfig, load_config
@@ -90,21 +89,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     assert steps == list(range(1, total + 1))  # no duplicated or missing log lines
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     out = tmp_path / "ddp"
-    args = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "hmseg_core.cli", "train", "--out", str(out),
-    ]
-    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
-    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_cli_under_torchrun(["train", "--out", str(out)], TINY)
     summary = json.loads((out / "summary.json").read_text())
     prints = summary["replica_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]

@@ -335,3 +335,14 @@ def test_aarch64_library_is_cross_compiled_and_refused_on_another_architecture(a
     if host_arch() != "aarch64":
         with pytest.raises(PackageError, match="another CPU architecture"):
             Segmenter(aarch64_package.root, backend="tvm")
+
+
+def test_agreement_with_torch_on_frames_of_a_data_set(package_dir, camvid_fixture, capsys):
+    from hmseg_core.cli import main
+
+    assert main(["agree", str(package_dir), "--data-root", str(camvid_fixture), "--split", "val", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| tvm") or line.startswith("| onnxruntime")]
+    assert len(rows) == 2
+    for row in rows:
+        assert int(row[2]) == 3 and float(row[3].strip(" %")) >= 99.9 and float(row[4]) < 1e-3

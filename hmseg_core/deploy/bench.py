@@ -117,3 +117,51 @@ def format_table(rows: Sequence[BenchRow], threads: int) -> str:
             f"{s['total_median_ms']:.2f} | {s['runs']} |"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class Agreement:
+    """One backend against torch on real frames: share of identical labels, largest logit difference."""
+
+    backend: str
+    frames: int
+    pixels: int
+    identical: int
+    max_logit_diff: float
+
+    @property
+    def identical_fraction(self) -> float:
+        return self.identical / max(1, self.pixels)
+
+
+def agreement(
+    package: str | Path, images: Sequence[np.ndarray], backends: Sequence[str] = ("tvm", "onnxruntime"),
+    log: Callable[[str], None] = lambda s: None,
+) -> List[Agreement]:
+    """Labels and logits of each backend against the torch backend of the same package, frame by frame."""
+    from ..evaluate import postprocess, preprocess
+
+    reference = Segmenter(package, backend="torch")
+    others = [Segmenter(package, backend=b) for b in backends]
+    size = ModelPackage.load(package).input_size
+    rows = [Agreement(b, 0, 0, 0, 0.0) for b in backends]
+    with torch.no_grad():
+        for i, rgb in enumerate(images):
+            x = preprocess(rgb, reference.mean, reference.std, size)
+            ref_logits = reference.backend.forward(x)
+            ref_labels = postprocess(ref_logits, rgb.shape[:2])
+            for row, seg in zip(rows, others):
+                logits = seg.backend.forward(x)
+                row.frames += 1
+                row.pixels += ref_labels.size
+                row.identical += int((postprocess(logits, rgb.shape[:2]) == ref_labels).sum())
+                row.max_logit_diff = max(row.max_logit_diff, float((logits - ref_logits).abs().max()))
+            if (i + 1) % 10 == 0:
+                log(f"{i + 1}/{len(images)} frames")
+    return rows
+
+
+def format_agreement(rows: Sequence[Agreement]) -> str:
+    lines = ["| backend | frames | identical labels | max logit difference |", "|---|---|---|---|"]
+    lines += [f"| {r.backend} | {r.frames} | {100 * r.identical_fraction:.4f} % | {r.max_logit_diff:.2e} |" for r in rows]
+    return "\n".join(lines)

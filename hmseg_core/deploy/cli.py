@@ -1,4 +1,4 @@
-"""``hmseg-core export`` and ``hmseg-core bench`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
+"""``hmseg-core export``, ``bench`` and ``agree`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from .. import cli
-from ..runtime import BackendUnavailable
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -28,11 +27,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         name=args.name,
         overwrite=args.overwrite,
     )
-    try:
-        export_package(args.checkpoint, args.out, options)
-    except BackendUnavailable as e:
-        print(f"hmseg-core export: error: {e}", file=sys.stderr)
-        return 2
+    export_package(args.checkpoint, args.out, options)
     return 0
 
 
@@ -41,12 +36,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .package import ModelPackage
     from ..runtime import device_fingerprint
 
-    try:
-        rows = bench(args.packages, args.backends, args.runs, args.warmup, args.threads, args.size,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
-    except BackendUnavailable as e:
-        print(f"hmseg-core bench: error: {e}", file=sys.stderr)
-        return 2
+    rows = bench(args.packages, args.backends, args.runs, args.warmup, args.threads, args.size,
+                 log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps([{"package": r.package, "backend": r.backend, "label": r.label, "size": r.size, **r.stats()} for r in rows], indent=2))
     else:
@@ -57,6 +48,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             package = ModelPackage.load(by_path[r.package])
             package.record_latency(device_fingerprint(r.backend, threads=args.threads), f"{r.size[0]}x{r.size[1]}", r.stats())
             package.save_metadata()
+    return 0
+
+
+def cmd_agree(args: argparse.Namespace) -> int:
+    from ..data.datasets import SegmentationDataset
+    from .bench import agreement, format_agreement, set_threads
+
+    set_threads(args.threads)
+    data = SegmentationDataset(args.data_root, args.split)
+    count = len(data) if args.frames <= 0 else min(args.frames, len(data))
+    images = [data[i][0] for i in range(count)]
+    rows = agreement(args.package, images, args.backends, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_agreement(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**r.__dict__, "identical_fraction": r.identical_fraction} for r in rows], f, indent=2)
     return 0
 
 
@@ -88,6 +95,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--record", action="store_true", help="store the results in each package's metadata under this device")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("agree", help="labels and logits of the tvm / onnxruntime backends against torch on real frames")
+    a.add_argument("package", help="model package directory")
+    a.add_argument("--data-root", required=True, help="data set root (CamVid or Cityscapes layout)")
+    a.add_argument("--split", default="val")
+    a.add_argument("--frames", type=int, default=0, help="first N frames of the split (0: all)")
+    a.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime"], choices=["tvm", "onnxruntime"])
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--json", help="write the rows here")
+    a.set_defaults(func=cmd_agree)
 
 
 cli._PLUGINS.append(register)

@@ -19,6 +19,8 @@ PINS = {
     "apache-tvm": "apache-tvm==0.27.0.post1",
     "apache-tvm-ffi": "apache-tvm-ffi==0.1.14.post0",  # 0.1.15.post2 segfaults in MetaSchedule
     "psutil": "psutil>=5.9",
+    # MetaSchedule's cost model; the -cpu wheel leaves out the CUDA/NCCL libraries
+    "xgboost": "xgboost-cpu>=3.0,<3.3",
     "onnx": "onnx>=1.17",
     "onnxruntime": "onnxruntime>=1.20",
     "onnxscript": "onnxscript>=0.7",  # torch.onnx.export(dynamo=True) needs it
@@ -41,7 +43,7 @@ setup(
     install_requires=[PINS[k] for k in ("torch", "numpy", "pillow", "pyyaml", "tqdm", "matplotlib")],
     extras_require={
         "ros": ROS_WHEELS + [PINS["rosbags"]],
-        "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"]],
+        "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"], PINS["xgboost"]],
         "onnx": [PINS["onnx"], PINS["onnxruntime"], PINS["onnxscript"]],
         "test": [PINS["pytest"]],
     },

@@ -103,3 +103,8 @@ def test_search_under_torchrun_keeps_replicas_identical(tmp_path, lut_path):
     # 8 images halved between weights and architecture: 4 per half, batch 2 x 2 processes -> 1 step per epoch
     assert summary["finished"] and summary["steps"] == TINY["epochs"]
     Genotype.parse((out / "genotype.txt").read_text().strip())
+
+
+def test_unreachable_target_warns(tmp_path, lut_path):
+    with pytest.warns(UserWarning, match="outside what this space can reach"):
+        _run(tmp_path / "low", lut_path, target=1.0, epochs=2)

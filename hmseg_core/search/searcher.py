@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -287,6 +288,13 @@ def search(cfg: SearchConfig, table: LatencyTable, resume: bool = False, stop_at
         base = get_genotype(cfg.base, train_set.spec.num_classes)
         space = SearchSpace.from_genotype(base, cfg.space, cfg.ratios)
         cost = CostModel(space, table, cfg.metric)
+        lo, hi = cost.bounds()
+        if not lo <= cfg.target <= hi:
+            warnings.warn(
+                f"target {cfg.target:g} is outside what this space can reach ({lo:.4g} .. {hi:.4g} {cfg.metric}); "
+                f"the search will end at the {'cheapest' if cfg.target < lo else 'most expensive'} architecture it finds",
+                stacklevel=2,
+            )
         return GumbelSearch(cfg, space, cost, ctx).run(train_set, resume, stop_at_step, progress)
     finally:
         ctx.close()

@@ -55,7 +55,7 @@ def test_round_trip_and_fingerprint(space, table, tmp_path):
     path = table.save(tmp_path / "lut.json")
     here = TorchBackend(threads=1).fingerprint()
     loaded = LatencyTable.load(path, device=here)
-    assert loaded.entries == table.entries and loaded.input_size == SIZE
+    assert loaded.entries == table.entries and loaded.input_size == SIZE and loaded.settings["passes"] == 3
     g = _samples(space, seed=1)[-1]
     assert loaded.predict(g) == pytest.approx(table.predict(g))
     data = json.loads(path.read_text())
@@ -155,15 +155,17 @@ def test_calibration_fit():
     assert exact.apply(10.0) == pytest.approx(17.0)
     one = Calibration.fit([("a", 2.0, 3.0)])
     assert (one.scale, one.offset_ms) == (pytest.approx(1.5), 0.0)
-    decreasing = Calibration.fit([("a", 1.0, 4.0), ("b", 2.0, 3.0)])  # noise, not a law: keep the ratio of sums
-    assert (decreasing.scale, decreasing.offset_ms) == (pytest.approx(7.0 / 3.0), 0.0)
+    decreasing = Calibration.fit([("a", 1.0, 4.0), ("b", 2.0, 3.0)])  # noise, not a law: through the origin
+    assert (decreasing.scale, decreasing.offset_ms) == (pytest.approx(2.0), 0.0)
+    negative = Calibration.fit([("a", 1.0, 1.5), ("b", 2.0, 3.5)])  # y = 2x - 0.5: no negative glue
+    assert (negative.scale, negative.offset_ms) == (pytest.approx(1.7), 0.0)
     assert Calibration.fit([]).apply(5.0) == 5.0
 
 
 def test_calibration_is_fitted_stored_and_applied_to_latency_only(space, table, tmp_path):
     from hmseg_core.search.lut import Calibration
 
-    assert len(table.calibration.rows) == 5 and table.calibration.scale > 0
+    assert len(table.calibration.rows) == 10 and table.calibration.scale > 0 and table.calibration.offset_ms >= 0
     g = _samples(space, seed=2)[-1]
     raw = table.predict(g, calibrated=False)
     assert table.predict(g) == pytest.approx(table.calibration.apply(raw))

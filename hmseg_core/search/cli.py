@@ -49,7 +49,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
     space = SearchSpace.from_genotype(get_genotype(args.base, args.classes), "O+D+R", args.ratios)
     print(space.describe(), file=sys.stderr)
     table = LatencyTable.measure(space, args.input_size, _backend(args, args.backend), args.warmup, args.repeats, progress=True,
-                                 calibrate=args.calibrate)
+                                 calibrate=args.calibrate, passes=args.passes)
     path = table.save(args.out)
     cal = table.calibration
     print(json.dumps({"table": str(path), "entries": len(table.entries), "base_latency_ms": table.predict(space.base),
@@ -120,7 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--input-size", type=cli._size, default=(360, 480), help="deployment input HxW")
     b.add_argument("--ratios", type=_ratios, default=(0.4, 0.5, 0.6), help="resolution ratio choices")
     b.add_argument("--out", required=True, help="table file (JSON)")
-    b.add_argument("--calibrate", type=int, default=5, metavar="N",
+    b.add_argument("--passes", type=int, default=3, help="sweeps over all parts; each part keeps the median over sweeps")
+    b.add_argument("--calibrate", type=int, default=10, metavar="N",
                    help="random architectures measured end to end to fit the latency calibration (0: none)")
     _add_measure_args(b, 20)
     b.add_argument("--backend", choices=["torch", "tvm"], default="torch",

@@ -238,20 +238,20 @@ class Calibration:
 
     @classmethod
     def fit(cls, rows: Sequence[Tuple[str, float, float]]) -> "Calibration":
-        """Least squares over the rows; one row, or a fit that is not increasing, keeps the ratio of sums."""
+        """Least squares over the rows. The offset stands for per-network glue, so it may not be
+        negative: a fit that wants one (or has too few distinct points) is refitted through the origin."""
         rows = tuple((str(g), float(p), float(m)) for g, p, m in rows)
         if not rows:
             return cls()
         xs, ys = [r[1] for r in rows], [r[2] for r in rows]
-        ratio = cls(sum(ys) / sum(xs), 0.0, rows)
-        if len(rows) < 2:
-            return ratio
+        through_origin = cls(sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), 0.0, rows)
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         var = sum((x - mx) ** 2 for x in xs)
-        if var <= 1e-12 * max(1.0, mx * mx):
-            return ratio
+        if len(rows) < 2 or var <= 1e-12 * max(1.0, mx * mx):
+            return through_origin
         scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-        return cls(scale, my - scale * mx, rows) if scale > 0 else ratio
+        offset = my - scale * mx
+        return cls(scale, offset, rows) if scale > 0 and offset >= 0 else through_origin
 
     def to_dict(self) -> Dict[str, Any]:
         return {"scale": self.scale, "offset_ms": self.offset_ms,
@@ -296,30 +296,43 @@ class LatencyTable:
         warmup: int = 5,
         repeats: int = 20,
         progress: bool = False,
-        calibrate: int = 5,
+        calibrate: int = 10,
+        passes: int = 3,
     ) -> "LatencyTable":
         """Measure every part of every architecture of ``space`` at ``input_size`` with ``backend``, then
-        ``calibrate`` random architectures end to end for the latency :class:`Calibration` (0: none)."""
+        ``calibrate`` random architectures end to end for the latency :class:`Calibration` (0: none).
+
+        Each part is timed in ``passes`` separate sweeps over all parts and keeps the median of
+        their medians, so a slow spell on a shared machine lands in one sweep, not in one part."""
         from tqdm import tqdm
 
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
         parts = space_parts(space, input_size)
+        built = []
         entries: Dict[str, Dict[str, float]] = {}
-        for i, (key, part) in enumerate(tqdm(parts.items(), desc="lut", unit="part", disable=not progress)):
+        for i, (key, part) in enumerate(parts.items()):
             torch.manual_seed(i)
             module = part.build().eval()
             inputs = _random_inputs(part.inputs, seed=i)
-            entries[key] = {
-                "latency_ms": backend.measure(module, inputs, warmup, repeats),
-                "macs": int(count_macs_on(module, inputs)),
-                "params": int(count_params(module)),
-            }
+            built.append((key, module, inputs))
+            entries[key] = {"macs": int(count_macs_on(module, inputs)), "params": int(count_params(module))}
+        times: Dict[str, List[float]] = {key: [] for key in parts}
+        with tqdm(total=passes * len(built), desc="lut", unit="part", disable=not progress) as bar:
+            for _ in range(passes):
+                for key, module, inputs in built:
+                    times[key].append(backend.measure(module, inputs, warmup, repeats))
+                    bar.update()
+        for key in parts:
+            entries[key]["latency_ms"] = statistics.median(times[key])
         table = cls(
             entries=entries,
             fingerprint=backend.fingerprint(),
             input_size=(int(input_size[0]), int(input_size[1])),
             base=space.base.format(),
             ratio_choices=space.ratio_choices,
-            settings={"warmup": warmup, "repeats": repeats, "statistic": "median", "batch": 1, "dtype": "float32",
+            settings={"warmup": warmup, "repeats": repeats, "passes": passes, "statistic": "median of per-pass medians",
+                      "batch": 1, "dtype": "float32",
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
         rng = random.Random(CALIBRATION_SEED)

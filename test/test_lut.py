@@ -150,22 +150,17 @@ def test_fidelity_report(space, table):
 def test_calibration_fit():
     from hmseg_core.search.lut import Calibration
 
-    exact = Calibration.fit([("a", 1.0, 3.5), ("b", 2.0, 5.0), ("c", 4.0, 8.0)])  # y = 1.5 x + 2
-    assert (exact.scale, exact.offset_ms) == (pytest.approx(1.5), pytest.approx(2.0))
-    assert exact.apply(10.0) == pytest.approx(17.0)
-    one = Calibration.fit([("a", 2.0, 3.0)])
-    assert (one.scale, one.offset_ms) == (pytest.approx(1.5), 0.0)
-    decreasing = Calibration.fit([("a", 1.0, 4.0), ("b", 2.0, 3.0)])  # noise, not a law: through the origin
-    assert (decreasing.scale, decreasing.offset_ms) == (pytest.approx(2.0), 0.0)
-    negative = Calibration.fit([("a", 1.0, 1.5), ("b", 2.0, 3.5)])  # y = 2x - 0.5: no negative glue
-    assert (negative.scale, negative.offset_ms) == (pytest.approx(1.7), 0.0)
+    cal = Calibration.fit([("a", 1.0, 1.1), ("b", 2.0, 2.2), ("c", 4.0, 9.0)])  # one slow spell: ignored
+    assert (cal.scale, cal.offset_ms) == (pytest.approx(1.1), 0.0)
+    assert cal.apply(10.0) == pytest.approx(11.0)
+    assert Calibration.fit([("a", 2.0, 3.0)]).scale == pytest.approx(1.5)
     assert Calibration.fit([]).apply(5.0) == 5.0
 
 
 def test_calibration_is_fitted_stored_and_applied_to_latency_only(space, table, tmp_path):
     from hmseg_core.search.lut import Calibration
 
-    assert len(table.calibration.rows) == 10 and table.calibration.scale > 0 and table.calibration.offset_ms >= 0
+    assert len(table.calibration.rows) == 10 and table.calibration.scale > 0 and table.calibration.offset_ms == 0
     g = _samples(space, seed=2)[-1]
     raw = table.predict(g, calibrated=False)
     assert table.predict(g) == pytest.approx(table.calibration.apply(raw))

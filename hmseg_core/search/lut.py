@@ -14,9 +14,8 @@ Each entry holds the median latency (ms) over repeated runs after warm-up, measu
 Parts timed one by one add up to less than the whole network takes: in isolation a part's
 input and weights stay in cache, and the glue between parts (the head's concatenation,
 allocation of intermediate tensors) is nowhere in the sum. The table therefore carries a
-latency **calibration** ``measured ≈ scale · Σ parts + offset``, fitted by least squares on a
-few random architectures of the space measured end to end while the table is built
-(:class:`Calibration`); :meth:`LatencyTable.predict` and the search's expected cost apply it.
+latency **calibration** ``measured ≈ scale · Σ parts``, the median ratio over a few random
+architectures of the space measured end to end while the table is built (:class:`Calibration`); :meth:`LatencyTable.predict` and the search's expected cost apply it.
 MACs and parameters add up exactly and are never calibrated. The table is a
 versioned JSON file with the fingerprint of the device it was measured on; loading it on a
 different device, or looking up a part it does not hold, raises :class:`LUTError`.
@@ -238,20 +237,15 @@ class Calibration:
 
     @classmethod
     def fit(cls, rows: Sequence[Tuple[str, float, float]]) -> "Calibration":
-        """Least squares over the rows. The offset stands for per-network glue, so it may not be
-        negative: a fit that wants one (or has too few distinct points) is refitted through the origin."""
+        """``scale`` = the median of measured / sum-of-parts over the rows, no offset.
+
+        On a shared machine a few end-to-end measurements land in a slow spell; a least-squares
+        line through ten points follows them (offsets of several ms either way were seen), the
+        median ratio does not."""
         rows = tuple((str(g), float(p), float(m)) for g, p, m in rows)
         if not rows:
             return cls()
-        xs, ys = [r[1] for r in rows], [r[2] for r in rows]
-        through_origin = cls(sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), 0.0, rows)
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        if len(rows) < 2 or var <= 1e-12 * max(1.0, mx * mx):
-            return through_origin
-        scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-        offset = my - scale * mx
-        return cls(scale, offset, rows) if scale > 0 and offset >= 0 else through_origin
+        return cls(statistics.median(m / p for _, p, m in rows), 0.0, rows)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"scale": self.scale, "offset_ms": self.offset_ms,
@@ -264,10 +258,13 @@ class Calibration:
 
 
 def measure_network(genotype: Genotype, input_size: Sequence[int], backend: Backend, warmup: int, repeats: int, seed: int = 0) -> float:
-    """End-to-end latency (ms) of ``genotype``'s inference network on ``backend``."""
+    """End-to-end latency (ms) of ``genotype``'s inference network on ``backend``.
+
+    At least ten warm-up runs: the first network of a process pays for allocating its
+    activation memory and starting the thread pool for several runs (seen: 1.5-1.9x)."""
     torch.manual_seed(seed)
     net = build_model(genotype, boosting=False).eval()
-    return backend.measure(net, _random_inputs([(3, *input_size)]), warmup, repeats)
+    return backend.measure(net, _random_inputs([(3, *input_size)]), max(10, warmup), repeats)
 
 
 CALIBRATION_SEED = 1_000_003  # calibration samples; fidelity checks draw with other seeds

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES])
     p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
+    p.add_argument("--tuned", action="append", default=[], metavar="MODEL:HxW",
+                   help="only these get a tuned package (default: every model and size)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch", "torch.compile"])
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         ckpt = Path(given[model]) if model in given else random_checkpoint(model, args.out / f"{model}.pt")
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
-            for tuned in (False, True):
+            for tuned in (False, True) if not args.tuned or f"{model}:{h}x{w}" in args.tuned else (False,):
                 out = args.out / f"{model}_{h}x{w}_{'tuned' if tuned else 'untuned'}"
                 if not (out / "metadata.json").is_file():
                     tuning = TuningOptions(trials=args.trials, db_root=args.tuning_db) if tuned else TuningOptions()

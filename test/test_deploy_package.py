@@ -346,3 +346,13 @@ def test_agreement_with_torch_on_frames_of_a_data_set(package_dir, camvid_fixtur
     assert len(rows) == 2
     for row in rows:
         assert int(row[2]) == 3 and float(row[3].strip(" %")) >= 99.9 and float(row[4]) < 1e-3
+
+
+def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():
+    import os
+
+    from hmseg_core.deploy.bench import set_threads
+
+    before = os.sched_getaffinity(0)
+    set_threads(1)
+    assert os.sched_getaffinity(0) == before  # threads started later (torch, ORT, DDS) may use every core

@@ -6,6 +6,7 @@ spread over all rows instead of penalising whichever ran last.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +43,25 @@ class BenchRow:
 
 
 def set_threads(threads: int) -> None:
-    """One thread count for every runtime in this process (torch, ONNX Runtime sessions made later, TVM)."""
+    """One thread count for every runtime in this process (torch, ONNX Runtime sessions made later, TVM).
+
+    TVM's ``runtime.config_threadpool`` pins the calling thread to one core (it counts it as
+    worker 0). Every thread started from it afterwards inherits that pin: PyTorch's OpenMP
+    pool, ONNX Runtime's workers, DDS threads. Two spinning OpenMP threads on one core made
+    PyTorch eager 70x slower here, so the calling thread's affinity is restored at once."""
     torch.set_num_threads(threads)
     try:
         import tvm
-
+    except ImportError:
+        return  # no TVM here: only the other backends run
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
         tvm.get_global_func("runtime.config_threadpool")(0, threads)
-    except (ImportError, ValueError, AttributeError):
-        pass  # no TVM here: only the other backends run
+    except (ValueError, AttributeError):
+        pass
+    finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
 
 
 def _label(seg: Segmenter) -> str:

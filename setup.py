@@ -21,6 +21,7 @@ PINS = {
     "psutil": "psutil>=5.9",
     # MetaSchedule's cost model; the -cpu wheel leaves out the CUDA/NCCL libraries
     "xgboost": "xgboost-cpu>=3.0,<3.3",
+    "cloudpickle": "cloudpickle>=3.0",  # MetaSchedule's builder ships work to its worker processes with it
     "onnx": "onnx>=1.17",
     "onnxruntime": "onnxruntime>=1.20",
     "onnxscript": "onnxscript>=0.7",  # torch.onnx.export(dynamo=True) needs it
@@ -43,7 +44,7 @@ setup(
     install_requires=[PINS[k] for k in ("torch", "numpy", "pillow", "pyyaml", "tqdm", "matplotlib")],
     extras_require={
         "ros": ROS_WHEELS + [PINS["rosbags"]],
-        "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"], PINS["xgboost"]],
+        "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"], PINS["xgboost"], PINS["cloudpickle"]],
         "onnx": [PINS["onnx"], PINS["onnxruntime"], PINS["onnxscript"]],
         "test": [PINS["pytest"]],
     },

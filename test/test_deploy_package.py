@@ -107,6 +107,37 @@ def test_backend_labels_equal_torch(package_dir, backend):
     assert max_diff < 1e-3, f"max logit difference {max_diff}"
 
 
+def test_channels_last_library_labels_equal_torch_and_leaves_the_exported_module_alone(checkpoint, tmp_path):
+    from hmseg_core.deploy.export import deploy_network, export_program, to_relax
+    from hmseg_core.deploy.targets import host_target
+    from hmseg_core.deploy.tuning import TuningOptions, lower, per_frame_module
+
+    mod = to_relax(export_program(deploy_network(torch.load(checkpoint, weights_only=True)), SIZE))
+    before = mod["main"].script()
+    nhwc = lower(mod, host_target(), "NHWC")
+    assert mod["main"].script() == before  # other targets of the same export still see NCHW
+    kernels = [gv.name_hint for gv in per_frame_module(nhwc).functions]  # main's kernels; weight transposes run once at load
+    # ReLU6 rewritten for the layout pass: no clip kernel, and no transpose between the convolutions
+    assert not any("clip" in k for k in kernels)
+    assert sum("transpose" in k for k in kernels) <= 2, kernels
+
+    out = tmp_path / "nhwc"
+    export_package(checkpoint, out, ExportOptions(input_size=SIZE, onnx=False, tuning=TuningOptions(layout="NHWC")), log=lambda s: None)
+    assert ModelPackage.load(out).libraries[0]["layout"] == "NHWC"
+    ref, seg = Segmenter(out, backend="torch"), Segmenter(out, backend="tvm")
+    for rgb in _images():
+        assert (seg(rgb) == ref(rgb)).mean() >= 0.999
+    x = torch.randn(1, 3, *SIZE)
+    assert (seg.backend.forward(x) - ref.backend.forward(x)).abs().max().item() < 1e-3
+
+
+def test_unknown_layout_is_refused():
+    from hmseg_core.deploy.tuning import TuningOptions
+
+    with pytest.raises(ValueError, match="NCHW, NHWC"):
+        TuningOptions(layout="NCHWc")
+
+
 def test_default_backend_of_a_package_is_tvm_and_labels_come_back_at_input_size(package_dir):
     seg = Segmenter(package_dir)
     assert seg.backend_name == "tvm"
@@ -346,6 +377,21 @@ def test_agreement_with_torch_on_frames_of_a_data_set(package_dir, camvid_fixtur
     assert len(rows) == 2
     for row in rows:
         assert int(row[2]) == 3 and float(row[3].strip(" %")) >= 99.9 and float(row[4]) < 1e-3
+
+
+def test_kernel_profile_covers_every_convolution_and_adds_up_to_the_frame(package_dir, capsys):
+    from hmseg_core.cli import main
+    from hmseg_core.deploy.bench import profile_kernels
+
+    frame_ms, kernels = profile_kernels(package_dir, runs=3, threads=1)
+    convs = sum(k.calls for k in kernels if "conv2d" in k.name)
+    net = fold_batchnorm(create_model("mrms_tiny", 11).for_inference())
+    assert convs == sum(isinstance(m, nn.Conv2d) for m in net.modules())  # one fused kernel call per convolution
+    assert [k.ms for k in kernels] == sorted((k.ms for k in kernels), reverse=True)
+    assert 0.5 * frame_ms < sum(k.ms for k in kernels) <= frame_ms * 1.05
+    assert main(["profile", str(package_dir), "--runs", "2", "--threads", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| fused_") + out.count("| resize") + out.count("| vm.") >= 3 and "more |" in out
 
 
 def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():

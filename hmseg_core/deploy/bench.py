@@ -177,3 +177,62 @@ def format_agreement(rows: Sequence[Agreement]) -> str:
     lines = ["| backend | frames | identical labels | max logit difference |", "|---|---|---|---|"]
     lines += [f"| {r.backend} | {r.frames} | {100 * r.identical_fraction:.4f} % | {r.max_logit_diff:.2e} |" for r in rows]
     return "\n".join(lines)
+
+
+@dataclass
+class KernelTime:
+    """One compiled kernel of a TVM library: calls and milliseconds per frame."""
+
+    name: str
+    calls: int
+    ms: float
+
+
+def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
+    """Per-frame time of each kernel the TVM library's ``main`` calls (Relax VM instrument hook).
+
+    Returns the frame's median wall time in ms and the kernels, slowest first. The hook adds a
+    few microseconds per call, so the kernels' sum is slightly above a plain run's time."""
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    import tvm
+
+    from .tvm_backend import TVMBackend
+
+    set_threads(threads)
+    backend = TVMBackend(ModelPackage.load(package))
+    h, w = backend.input_size
+    x = tvm.runtime.tensor(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), backend.device)
+    for _ in range(warmup):
+        backend.vm["main"](x, *backend.params)
+    totals: Dict[str, float] = {}
+    calls: Dict[str, int] = {}
+    started: Dict[str, float] = {}
+
+    def instrument(func, name, before_run, ret_value, *args):
+        if before_run:
+            started[name] = time.perf_counter()
+        else:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - started.pop(name)
+            calls[name] = calls.get(name, 0) + 1
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    frames = []
+    backend.vm.set_instrument(instrument)
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend.vm["main"](x, *backend.params)
+        frames.append(1e3 * (time.perf_counter() - t))
+    kernels = [KernelTime(n, calls[n] // runs, 1e3 * totals[n] / runs) for n in totals]
+    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+
+
+def format_kernels(frame_ms: float, kernels: Sequence[KernelTime], top: int = 25) -> str:
+    total = sum(k.ms for k in kernels) or 1.0
+    lines = [f"frame median {frame_ms:.2f} ms (instrumented), {len(kernels)} kernels, sum {total:.2f} ms",
+             "| kernel | calls/frame | ms/frame | share |", "|---|---|---|---|"]
+    lines += [f"| {k.name} | {k.calls} | {k.ms:.3f} | {100 * k.ms / total:.1f} % |" for k in kernels[:top]]
+    if len(kernels) > top:
+        rest = sum(k.ms for k in kernels[top:])
+        lines.append(f"| {len(kernels) - top} more | | {rest:.3f} | {100 * rest / total:.1f} % |")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``hmseg-core export``, ``bench`` and ``agree`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
+"""``hmseg-core export``, ``bench``, ``profile`` and ``agree`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import cli
+from .tuning import DEFAULT_LAYOUT, LAYOUTS
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx=not args.no_onnx,
         tuning=TuningOptions(
             trials=args.trials, db_root=Path(args.tuning_db) if args.tuning_db else None,
-            trials_per_task=args.trials_per_task, retune=args.retune,
+            trials_per_task=args.trials_per_task, retune=args.retune, layout=args.layout,
         ),
         name=args.name,
         overwrite=args.overwrite,
@@ -67,6 +68,14 @@ def cmd_agree(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .bench import format_kernels, profile_kernels
+
+    frame_ms, kernels = profile_kernels(args.package, args.runs, threads=args.threads)
+    print(format_kernels(frame_ms, kernels, args.top))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="checkpoint -> model package (TVM libraries per target, ONNX, metadata)")
     e.add_argument("checkpoint")
@@ -78,6 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--trials-per-task", type=int, default=64)
     e.add_argument("--tuning-db", help="tuning records directory, one sub-directory per target, reused across exports")
     e.add_argument("--retune", action="store_true", help="tune tasks that already have records, too")
+    e.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT,
+                   help=f"activation layout the convolutions are compiled in (default {DEFAULT_LAYOUT}; see docs/DEPLOY.md)")
     e.add_argument("--no-onnx", action="store_true")
     e.add_argument("--no-tvm", action="store_true", help="skip the TVM libraries (ONNX and torch weights only)")
     e.add_argument("--name", help="package name in the metadata (default: the checkpoint's file name)")
@@ -95,6 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--record", action="store_true", help="store the results in each package's metadata under this device")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("profile", help="time of each kernel of a package's TVM library per frame (where tuning pays)")
+    p.add_argument("package", help="model package directory")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top", type=int, default=25, help="kernels listed (the rest are summed)")
+    p.set_defaults(func=cmd_profile)
 
     a = sub.add_parser("agree", help="labels and logits of the tvm / onnxruntime backends against torch on real frames")
     a.add_argument("package", help="model package directory")

@@ -97,6 +97,7 @@ def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptio
         "target_key": target_key(target),
         "cpu_features": cpu_features(target),
         "tvm": tvm.__version__,
+        "layout": tuning.layout,
         "tuning": report.as_dict(),
     }
 

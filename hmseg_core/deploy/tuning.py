@@ -23,6 +23,10 @@ from .targets import TargetDict, target_key
 
 Log = Callable[[str], None]
 
+# activation layout -> weight layout of ``relax.nn.conv2d`` (depthwise weights included)
+LAYOUTS = {"NCHW": "OIHW", "NHWC": "OHWI"}
+DEFAULT_LAYOUT = "NCHW"
+
 
 @dataclass(frozen=True)
 class TuningOptions:
@@ -34,6 +38,11 @@ class TuningOptions:
     retune: bool = False                 # tune tasks that already have records, too
     builder_timeout_s: float = 120.0     # generous: a loaded 2-core machine builds slowly
     seed: int = 0
+    layout: str = DEFAULT_LAYOUT         # activation layout of the convolutions: NCHW (as exported) or NHWC
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 
     def work_dir(self, target: TargetDict) -> Optional[Path]:
         return None if self.db_root is None else Path(self.db_root) / target_key(target)
@@ -83,14 +92,54 @@ def _progress_callback(total: int, log: Log):
 TRANSFORM_PARAMS = "main_transform_params"
 
 
-def lower(mod, target: TargetDict):
-    """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused."""
+def _clip_as_min_max(mod):
+    """``clip(x, lo, hi)`` (ReLU6) -> ``minimum(maximum(x, lo), hi)``.
+
+    ``ConvertLayout`` has no layout rule for ``clip`` (its bounds are prim values): it would
+    put a transpose before and after every ReLU6. The binary ops carry the layout through, and
+    legalization fuses them into the convolution's epilogue exactly as it fused ``clip``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Rewrite(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip"):
+                return call
+            x, lo, hi = call.args
+            dtype = str(getattr(x, "dtype", "float32"))
+            return relax.op.minimum(relax.op.maximum(x, relax.const(float(lo.value), dtype)), relax.const(float(hi.value), dtype))
+
+    mod = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)  # the caller's module stays as it is
+    rewrite = Rewrite(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite.visit_expr(func)
+    return mod
+
+
+def lower(mod, target: TargetDict, layout: str = "NCHW"):
+    """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused.
+
+    With ``layout="NHWC"`` the convolutions (and the element-wise work between them) run
+    channels-last: the input and output keep the exported NCHW, one transpose each, and the
+    weights' layout change is lifted into ``main_transform_params`` with the rest of the
+    weight-only work."""
     import tvm
     from tvm import relax
 
+    if layout != "NCHW":
+        mod = _clip_as_min_max(mod)
+    convert = [] if layout == "NCHW" else [
+        relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, LAYOUTS[layout]]}),
+        relax.transform.Normalize(),
+    ]
     with tvm.target.Target(target):
         return tvm.transform.Sequential(
             [
+                *convert,
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 relax.transform.LiftTransformParams(),
@@ -128,7 +177,7 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
 
     tvm_target = tvm.target.Target(target)
     start = time.perf_counter()
-    mod = lower(mod, target)
+    mod = lower(mod, target, options.layout)
     work_dir = options.work_dir(target)
     if work_dir is None:
         if options.trials > 0:

@@ -17,14 +17,15 @@ def _backend(args: argparse.Namespace, name: str):
     if name == "tvm":
         from pathlib import Path
 
-        from ..deploy.tuning import TuningOptions
+        from ..deploy.tuning import DEFAULT_LAYOUT, TuningOptions
         from .tvm_lut import TVMBackend
 
         trials = getattr(args, "trials_per_part", 0)
         db = getattr(args, "tuning_db", None)
         if trials and not db:
             raise ValueError("--trials-per-part needs --tuning-db DIR (the records the final networks' export reuses)")
-        tuning = TuningOptions(trials=trials, trials_per_task=max(1, trials), db_root=Path(db) if db else None)
+        tuning = TuningOptions(trials=trials, trials_per_task=max(1, trials), db_root=Path(db) if db else None,
+                               layout=getattr(args, "layout", None) or DEFAULT_LAYOUT)
         return TVMBackend(getattr(args, "target", "host"), args.threads, tuning)
     if name != "torch":
         raise ValueError(f"unknown latency backend {name!r}; use torch or tvm")
@@ -37,8 +38,9 @@ def _table_backend(args: argparse.Namespace, path: str):
     """The backend a table was measured with, set up like it was (to check and extend it on this device)."""
     from .lut import LatencyTable
 
-    name = LatencyTable.load(path).fingerprint.get("backend", "torch")
-    return _backend(args, name)
+    fingerprint = LatencyTable.load(path).fingerprint
+    args.layout = fingerprint.get("layout")
+    return _backend(args, fingerprint.get("backend", "torch"))
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
@@ -130,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--trials-per-part", type=int, default=0,
                    help="MetaSchedule trials per part (tvm backend; 0: apply the records in --tuning-db only)")
     b.add_argument("--tuning-db", help="tuning records directory shared with `hmseg-core export --tuning-db`")
+    b.add_argument("--layout", choices=["NCHW", "NHWC"], help="tvm backend: the layout the networks will be exported in")
     b.set_defaults(func=cmd_lut_build)
     c = lsub.add_parser("check", help="LUT-predicted vs measured end-to-end latency of random architectures")
     c.add_argument("--table", required=True)

@@ -45,7 +45,7 @@ class SearchConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    arch_lr: float = 3e-3
+    arch_lr: float = 0.03  # Adam; a few hundred architecture steps must be able to move a logit by several units
     arch_weight_decay: float = 1e-3
     aux_weight: float = 1.0
     # bookkeeping

@@ -63,6 +63,7 @@ class TVMBackend:
             "threads": self.threads,
             "versions": {"tvm": tvm.__version__, "torch": torch.__version__, "python": platform.python_version()},
             "tuning": {"trials_per_part": self.tuning.trials, "records": str(self.tuning.db_root) if self.tuning.db_root else None},
+            "layout": self.tuning.layout,
         }
 
     def compile(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[], Any]:

@@ -48,6 +48,21 @@ def test_segmenter_equals_offline_predict(ckpt, policy):
     assert seg.colorize(labels).shape == img.shape
 
 
+def test_postprocess_picks_the_first_maximum_like_argmax_and_resizes():
+    import torch
+
+    from hmseg_core.evaluate import postprocess
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (1, 11, 30, 40), generator=g).float()  # many ties between channels
+    assert np.array_equal(postprocess(logits, (30, 40)), logits.argmax(1)[0].numpy().astype(np.uint8))
+    smooth = torch.randn(1, 11, 30, 40, generator=g)
+    labels = postprocess(smooth, (60, 80))
+    assert labels.shape == (60, 80) and labels.dtype == np.uint8
+    upsampled = torch.nn.functional.interpolate(smooth, size=(60, 80), mode="bilinear", align_corners=False)
+    assert np.array_equal(labels, upsampled.argmax(1)[0].numpy().astype(np.uint8))
+
+
 def test_segmenter_rejects_bad_input_and_unknown_backend(ckpt):
     seg = Segmenter(ckpt)
     for bad in (rgb().astype(np.float32), rgb()[..., :2], np.zeros((4, 4), np.uint8)):

@@ -39,6 +39,10 @@ def test_search_writes_genotype_log_and_plots(tmp_path, lut_path):
     g = Genotype.parse((out / "genotype.txt").read_text().strip())
     assert g.format() == summary["genotype"] and summary["finished"] and summary["steps"] == 6
     assert summary["predicted"]["macs"] == summary["derived_cost"]
+    fit = summary["budget_fit"]
+    assert Genotype.parse((out / "genotype_budget.txt").read_text().strip()).format() == fit["genotype"]
+    assert fit["band"] == [pytest.approx(0.9 * 2e6), 2e6] and fit["cost"] > 0
+    assert fit["changes"] > 0 or fit["genotype"] == summary["genotype"]
     records = [json.loads(l) for l in (out / "search_log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "epoch_end" in r]
     assert [r["epoch_end"] for r in epochs] == [1, 2, 3]

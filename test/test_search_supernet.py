@@ -136,3 +136,57 @@ def test_temperature_schedule():
     assert all(a > b for a, b in zip(taus, taus[1:]))
     assert temperature(500, 101) == pytest.approx(0.1) and temperature(-3, 101) == pytest.approx(10.0)
     assert temperature(0, 1) == 0.1
+
+
+@pytest.fixture(scope="module")
+def macs_cost():
+    from hmseg_core.search.cost import CostModel
+    from hmseg_core.search.lut import LatencyTable
+
+    class NoTiming:  # MACs are counted, not timed: latency is unused here
+        name = "none"
+
+        def fingerprint(self):
+            return {"backend": "none", "target": "-", "cpu": "-", "cores": 1, "threads": 1}
+
+        def measure(self, module, inputs, warmup, repeats):
+            return 1.0
+
+    space = SearchSpace.from_genotype(BASE, "O+D+R")
+    table = LatencyTable.measure(space, (64, 96), NoTiming(), warmup=0, repeats=1, calibrate=0, passes=1)
+    return space, CostModel(space, table, "macs")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 1.0, 1.6])
+def test_budget_fit_lands_in_the_band_from_above_and_below_and_keeps_frozen_choices(macs_cost, fraction):
+    space, cost = macs_cost
+    g = torch.Generator().manual_seed(int(fraction * 10))
+    op_logp = [F.log_softmax(torch.randn(len(l.candidates), generator=g, dtype=torch.float64), 0).tolist() for l in space.layers]
+    ratio_logp = [F.log_softmax(torch.randn(len(c), generator=g, dtype=torch.float64), 0).tolist() for c in space.ratio_choices]
+    frozen = max(i for i, l in enumerate(space.layers) if l.searchable)
+    keep = max(range(len(op_logp[frozen])), key=lambda k: op_logp[frozen][k])
+    op_logp[frozen] = [0.0 if k == keep else float("-inf") for k in range(len(op_logp[frozen]))]
+    argmax = [max(range(len(lp)), key=lambda k: lp[k]) for lp in op_logp]
+    argmax_ratios = [max(range(len(lp)), key=lambda k: lp[k]) for lp in ratio_logp]
+    target = fraction * cost.index_cost(argmax, argmax_ratios)
+    ops, ratios, value, changes = cost.fit_to_budget(op_logp, ratio_logp, target, low=0.9)
+    assert value == pytest.approx(cost.cost(space.genotype(ops, ratios)))  # index cost == the genotype's table cost
+    assert ops[frozen] == keep
+    if fraction == 1.0:
+        assert changes == 0 and list(ops) == argmax and list(ratios) == argmax_ratios
+        return
+    assert changes >= 1
+    if fraction in (0.6, 1.6):  # reachable from this start: the fit ends in the band
+        assert 0.9 * target <= value <= target
+    if not 0.9 * target <= value <= target:  # out of the band only if no single change moves towards it
+        singles = [cost.index_cost(ops[:i] + (k,) + ops[i + 1:], ratios) for i, lp in enumerate(op_logp)
+                   for k in range(len(lp)) if k != ops[i] and lp[k] > float("-inf")]
+        singles += [cost.index_cost(ops, ratios[:i] + (k,) + ratios[i + 1:]) for i in range(2) for k in range(3) if k != ratios[i]]
+        assert (min(singles) >= value) if value > target else all(c <= value or c > target for c in singles)
+    Genotype.parse(space.genotype(ops, ratios).format())  # valid
+
+
+def test_budget_fit_rejects_a_bad_band(macs_cost):
+    space, cost = macs_cost
+    with pytest.raises(ValueError, match="low"):
+        cost.fit_to_budget([[0.0]] * len(space.layers), [[0.0]] * 2, 1.0, low=0.0)

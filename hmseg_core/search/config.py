@@ -29,6 +29,7 @@ class SearchConfig:
     # Gumbel-softmax temperature, annealed exponentially over the architecture steps
     tau_max: float = 10.0
     tau_min: float = 0.1
+    fit_low: float = 0.9  # the budget-fitted genotype's cost lies in [fit_low * target, target]
     # data (the training split is halved: one half for weights, the other for architecture)
     data_root: str = ""  # empty: synthetic street scenes in the run folder
     layout: str = ""
@@ -63,6 +64,7 @@ class SearchConfig:
             (self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)}"),
             (self.target > 0, "target", "must be > 0"),
             (self.cost_weight >= 0, "cost_weight", "must be >= 0"),
+            (0 < self.fit_low <= 1, "fit_low", "must be in (0, 1]"),
             (0 < self.tau_min <= self.tau_max, "tau_max", "needs 0 < tau_min <= tau_max"),
             (all(0 < r <= 1 for r in self.ratios), "ratios", "must be in (0, 1]"),
             (self.epochs >= 1 and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "needs 0 <= warmup_epochs < epochs"),

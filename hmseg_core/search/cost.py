@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -65,6 +65,61 @@ class CostModel:
     def cost(self, genotype: Genotype) -> float:
         """``F_cost(a)``: cost of one architecture."""
         return self.table.predict(genotype, self.metric)
+
+    def index_cost(self, ops: Sequence[int], ratios: Sequence[int]) -> float:
+        """``F_cost`` of the architecture given by candidate indices (equals :meth:`cost` of its genotype)."""
+        c = self.combos.index(tuple(ratios))
+        return float(self.fixed[c] + sum(float(costs[c][k]) for costs, k in zip(self.layer_costs, ops)))
+
+    def fit_to_budget(
+        self, op_logp: Sequence[Sequence[float]], ratio_logp: Sequence[Sequence[float]], target: float,
+        low: float = 0.9, max_moves: int = 200,
+    ) -> Tuple[Tuple[int, ...], Tuple[int, ...], float, int]:
+        """A probable architecture whose cost lies in ``[low * target, target]``.
+
+        Starts from the most probable choice everywhere and changes one choice at a time: a
+        change that lands in the band and loses the least log-probability if there is one,
+        otherwise the change towards the band that loses the least log-probability per unit of
+        cost (never past the band: above ``target`` when raising the cost, below it when
+        lowering, unless nothing else lowers it). Stops in the band, or when no change moves
+        towards it. Returns ``(ops, ratios, cost, changes)``.
+        """
+        if not 0.0 < low <= 1.0:
+            raise ValueError(f"low must be in (0, 1], got {low}")
+        ops = [max(range(len(lp)), key=lambda k: lp[k]) for lp in op_logp]
+        ratios = [max(range(len(lp)), key=lambda k: lp[k]) for lp in ratio_logp]
+        current = self.index_cost(ops, ratios)
+        moves = 0
+        while moves < max_moves and not low * target <= current <= target:
+            down = current > target
+            landing, towards, overshoot = None, None, None
+            for choices, logps, is_op in ((ops, op_logp, True), (ratios, ratio_logp, False)):
+                for i, lp in enumerate(logps):
+                    for k in range(len(lp)):
+                        if k == choices[i] or not math.isfinite(lp[k]):  # -inf: a choice the search may not change
+                            continue
+                        trial = list(choices)
+                        trial[i] = k
+                        cost = self.index_cost(trial, ratios) if is_op else self.index_cost(ops, trial)
+                        delta, loss = cost - current, lp[choices[i]] - lp[k]
+                        if (down and delta >= 0) or (not down and (delta <= 0 or cost > target)):
+                            continue
+                        move = (is_op, i, k, cost)
+                        if low * target <= cost <= target:
+                            if landing is None or loss < landing[0]:
+                                landing = (loss, move)
+                        elif cost < low * target and down:  # jumps over the band: only if nothing else helps
+                            if overshoot is None or loss < overshoot[0]:
+                                overshoot = (loss, move)
+                        elif towards is None or loss / abs(delta) < towards[0]:
+                            towards = (loss / abs(delta), move)
+            chosen = landing or towards or overshoot
+            if chosen is None:
+                break
+            is_op, i, k, current = chosen[1]
+            (ops if is_op else ratios)[i] = k
+            moves += 1
+        return tuple(ops), tuple(ratios), current, moves
 
     def bounds(self) -> tuple:
         """Cheapest and most expensive architecture of the space (for choosing a target)."""

@@ -24,16 +24,18 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import atomic_save
 from ..data.datasets import SegmentationDataset
 from ..data.synthetic import write_dataset
 from ..data.transforms import EpochBatchSampler, TrainTransform, TrainView, seeded_generator
+from ..genotype import Genotype
 from ..losses import SegLoss
 from ..registry import get_genotype
 from ..train import DistContext, replica_fingerprints, truncate_log
@@ -103,6 +105,23 @@ def probabilities_record(net: Supernet) -> Dict[str, Any]:
     }
 
 
+def budget_fit(net: Supernet, cost: CostModel, target: float, low: float) -> Tuple[Genotype, float, int]:
+    """The supernet's most probable architecture moved into ``[low * target, target]`` (:meth:`CostModel.fit_to_budget`);
+    choices the search does not update (ablation switches) stay at their argmax."""
+
+    def logp(params: Sequence[torch.Tensor]) -> List[List[float]]:
+        out = []
+        for a in params:
+            lp = F.log_softmax(a.detach().double().cpu(), 0)
+            if not a.requires_grad:
+                lp = torch.where(torch.arange(len(lp)) == int(torch.argmax(lp)), 0.0, float("-inf"))
+            out.append(lp.tolist())
+        return out
+
+    ops, ratios, value, changes = cost.fit_to_budget(logp(net.alpha), logp(net.beta), target, low)
+    return net.space.genotype(ops, ratios), value, changes
+
+
 class GumbelSearch:
     """The paper's search strategy; ``run()`` returns a summary and writes the run folder."""
 
@@ -137,7 +156,7 @@ class GumbelSearch:
         w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
         criterion = SegLoss(None, cfg.aux_weight).to(ctx.device)
-        step = 0
+        step, elapsed_before = 0, 0.0
         if resume and last_path.exists():
             ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
             if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("version") != CHECKPOINT_VERSION:
@@ -148,6 +167,7 @@ class GumbelSearch:
             w_opt.load_state_dict(ckpt["w_opt"])
             a_opt.load_state_dict(ckpt["a_opt"])
             step = int(ckpt["step"])
+            elapsed_before = float(ckpt.get("wall_s", 0.0))
         if ctx.main:
             save_search_config(cfg, out / "config.yaml")
             truncate_log(log_path, step)
@@ -160,6 +180,7 @@ class GumbelSearch:
                     "base": space.base.format(), "space": space.switches.format(),
                     "genotype": net.genotype().format(), "config": cfg.to_dict(), "lut": cost.table.source,
                     "supernet": net.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                    "wall_s": elapsed_before + time.time() - t0,
                 }, last_path)
 
         def log(record: Dict[str, Any]) -> None:
@@ -241,6 +262,7 @@ class GumbelSearch:
         bar.close()
 
         genotype = net.genotype()
+        fitted, fitted_cost, changes = budget_fit(net, cost, cfg.target, cfg.fit_low)
         summary: Dict[str, Any] = {
             "genotype": genotype.format(),
             "space": space.switches.format(),
@@ -249,11 +271,15 @@ class GumbelSearch:
             "derived_cost": cost.cost(genotype),
             "predicted": {m: cost.table.predict(genotype, m) for m in ("latency_ms", "macs", "params")},
             "base_cost": cost.cost(space.base),
+            # the argmax architecture lands wherever the last sign flips of Eq. 4 left it; this one
+            # is the most probable found by changing choices until its cost is in the budget band
+            "budget_fit": {"genotype": fitted.format(), "cost": fitted_cost, "changes": changes,
+                           "band": [cfg.fit_low * cfg.target, cfg.target]},
             "steps": step,
             "total_steps": total_steps,
             "finished": step >= total_steps,
             "lut": cost.table.source,
-            "wall_s": time.time() - t0,
+            "wall_s": elapsed_before + time.time() - t0,  # over every run of a resumed search
             "out_dir": str(out),
         }
         if ctx.world_size > 1:  # weights and architecture parameters alike, on every rank
@@ -263,6 +289,7 @@ class GumbelSearch:
                 raise RuntimeError(f"search replicas diverged: parameter fingerprints per rank {prints}")
         if ctx.main:
             (out / "genotype.txt").write_text(genotype.format() + "\n")
+            (out / "genotype_budget.txt").write_text(fitted.format() + "\n")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             plot_search_log(log_path, out, cfg.target, cost.metric)
         return summary

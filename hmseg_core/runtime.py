@@ -87,14 +87,41 @@ def _deploy_factory(name: str) -> BackendFactory:
 
 
 BACKENDS.update({name: _deploy_factory(name) for name in ("tvm", "onnxruntime")})
-AUTO = "auto"  # a model package runs on tvm, a checkpoint on torch
+AUTO = "auto"  # a checkpoint runs on torch; a package on its fastest recorded backend here, else tvm
 
 
-def resolve_backend(backend: Optional[str], model: str | os.PathLike) -> str:
-    """``backend``, or for ``None`` / ``"auto"`` the default for ``model``: tvm for a package directory, else torch."""
+def resolve_backend(backend: Optional[str], model: str | os.PathLike, device: str = "cpu") -> str:
+    """``backend``, or for ``None`` / ``"auto"`` the default for ``model``: torch for a checkpoint; for a package
+    directory the backend with the lowest inference latency recorded for this device (``hmseg-core bench
+    --record``), else tvm."""
     if backend not in (None, AUTO):
         return backend
-    return "tvm" if Path(model).is_dir() else "torch"
+    if not Path(model).is_dir():
+        return "torch"
+    return fastest_recorded_backend(model, device) or "tvm"
+
+
+def fastest_recorded_backend(package: str | os.PathLike, device: str = "cpu") -> Optional[str]:
+    """The installed backend with the lowest median inference time that ``hmseg-core bench --record`` stored in the
+    package for this device, thread count and software at the package's input size; None when nothing matches.
+
+    Only the metadata is read: a damaged package fails later, in its backend, with the error that names the fix."""
+    import importlib.util
+
+    try:
+        meta = json.loads((Path(package) / "metadata.json").read_text())
+        size = "x".join(str(int(v)) for v in meta["input_size"])
+        groups = meta.get("latency") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    recorded = {}
+    for name in ("tvm", "onnxruntime", "torch"):
+        if name != "torch" and importlib.util.find_spec(name) is None:
+            continue
+        entry = groups.get(fingerprint_key(device_fingerprint(name, device)), {}).get("entries", {}).get(size)
+        if isinstance(entry, dict) and isinstance(entry.get("median_ms"), (int, float)):
+            recorded[name] = float(entry["median_ms"])
+    return min(recorded, key=recorded.get) if recorded else None
 
 
 # ---------------------------------------------------------------------------- resize policy
@@ -152,10 +179,11 @@ class Segmenter:
         fallback: bool = False,
     ) -> None:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
-        ``backend`` (``None`` or ``"auto"``) defaults to ``"tvm"`` for a package and ``"torch"`` otherwise; with ``fallback``
+        ``backend`` (``None`` or ``"auto"``): see :func:`resolve_backend` (a package's fastest recorded backend here,
+        else tvm; torch for a checkpoint); with ``fallback``
         a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
         if backend in (None, AUTO):
-            backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint)
+            backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint, device)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_model(checkpoint)
@@ -452,7 +480,7 @@ def measure_zoo(
     ``backend`` ``"auto"`` runs each variant on its default backend (:func:`resolve_backend`)."""
     out = []
     for v in zoo.variants:
-        fp = device_fingerprint(resolve_backend(backend, v.checkpoint), device)
+        fp = device_fingerprint(resolve_backend(backend, v.checkpoint, device), device)
         key = LatencyCache.entry_key(v.checkpoint, size, resize)
         stats = cache.get(fp, key) if cache else None
         cached = stats is not None
@@ -519,5 +547,5 @@ def check_same_classes(zoo: ModelZoo) -> List[str]:
 __all__ = [
     "AUTO", "BACKENDS", "Backend", "BackendUnavailable", "CheckpointError", "LatencyCache", "LatencyStats", "Measurement", "ModelZoo",
     "ResizePolicy", "Segmenter", "Selection", "Timings", "TorchBackend", "Variant", "ZooError",
-    "check_same_classes", "device_fingerprint", "load_model", "resolve_backend", "measure_latency", "measure_zoo", "overlay", "select_variant",
+    "check_same_classes", "device_fingerprint", "fastest_recorded_backend", "load_model", "resolve_backend", "measure_latency", "measure_zoo", "overlay", "select_variant",
 ]

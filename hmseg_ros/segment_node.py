@@ -77,7 +77,7 @@ PARAMETERS = {
     "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
-    "backend": (AUTO, _desc(f"inference backend: {AUTO} (model packages on tvm, checkpoints on torch), {', '.join(sorted(BACKENDS))}", True)),
+    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on its fastest backend recorded here by `hmseg-core bench --record`, else tvm; checkpoints on torch), {', '.join(sorted(BACKENDS))}", True)),
     "device": ("cpu", _desc("torch device for the torch backend (cpu, cuda, cuda:1)", True)),
     "threads": (0, _desc("intra-op CPU threads for inference; 0: library default", True, 0, 256)),
     "input_topic": ("/camera/image_raw", _desc("sensor_msgs/Image topic to segment", True)),

@@ -26,7 +26,7 @@ def generate_launch_description():
         DeclareLaunchArgument("zoo", default_value="", description="model zoo index"),
         DeclareLaunchArgument("model", default_value="", description="single checkpoint when zoo is empty"),
         DeclareLaunchArgument("latency_budget_ms", default_value="0.0", description="p95 budget in ms (0: none)"),
-        DeclareLaunchArgument("backend", default_value="auto", description="inference backend (auto: packages on tvm, checkpoints on torch)"),
+        DeclareLaunchArgument("backend", default_value="auto", description="inference backend (auto: packages on their fastest recorded backend, else tvm; checkpoints on torch)"),
         DeclareLaunchArgument("mode", default_value="lockstep", description="lockstep or recorded"),
         DeclareLaunchArgument("report_dir", default_value="replay_eval_report", description="report folder"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "segment.yaml"), description="segment node parameters"),

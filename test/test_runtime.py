@@ -63,6 +63,36 @@ def test_postprocess_picks_the_first_maximum_like_argmax_and_resizes():
     assert np.array_equal(labels, upsampled.argmax(1)[0].numpy().astype(np.uint8))
 
 
+def test_auto_backend_is_the_fastest_recorded_on_this_device(tmp_path, ckpt):
+    import importlib.util
+
+    from hmseg_core.runtime import AUTO, device_fingerprint, fingerprint_key, resolve_backend
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    meta = {"input_size": [64, 96], "latency": {}}
+
+    def record(backend, ms, size="64x96", **fp_overrides):
+        fp = {**device_fingerprint(backend, "cpu"), **fp_overrides}
+        group = meta["latency"].setdefault(fingerprint_key(fp), {"fingerprint": fp, "entries": {}})
+        group["entries"][size] = {"median_ms": ms}
+        (pkg / "metadata.json").write_text(json.dumps(meta))
+
+    assert resolve_backend(AUTO, ckpt) == "torch" and resolve_backend(None, pkg) == "tvm"  # nothing recorded: tvm
+    assert resolve_backend("onnxruntime", pkg) == "onnxruntime"  # an explicit choice stands
+    record("torch", 30.0)
+    record("torch", 1.0, threads=64)  # another thread count: not this device's figure
+    record("torch", 2.0, size="32x48")  # another input size
+    assert resolve_backend(AUTO, pkg) == "torch"
+    record("tvm", 20.0)
+    assert resolve_backend(AUTO, pkg) == ("tvm" if importlib.util.find_spec("tvm") else "torch")
+    record("onnxruntime", 10.0)
+    if importlib.util.find_spec("onnxruntime"):
+        assert resolve_backend(AUTO, pkg) == "onnxruntime"
+    (pkg / "metadata.json").write_text("{not json")
+    assert resolve_backend(AUTO, pkg) == "tvm"  # unreadable metadata: the tvm backend reports it
+
+
 def test_segmenter_rejects_bad_input_and_unknown_backend(ckpt):
     seg = Segmenter(ckpt)
     for bad in (rgb().astype(np.float32), rgb()[..., :2], np.zeros((4, 4), np.uint8)):

@@ -21,7 +21,7 @@ from hmseg_core.checkpoint import atomic_save, make_checkpoint
 from hmseg_core.data.datasets import CAMVID
 from hmseg_core.deploy.bench import bench, format_table
 from hmseg_core.deploy.export import ExportOptions, export_package
-from hmseg_core.deploy.tuning import TuningOptions
+from hmseg_core.deploy.tuning import DEFAULT_LAYOUT, LAYOUTS, TuningOptions
 from hmseg_core.registry import create_model
 
 SIZES = [(360, 480), (768, 1536)]
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
     p.add_argument("--tuned", action="append", default=[], metavar="MODEL:HxW",
                    help="only these get a tuned package (default: every model and size)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="layout of the TVM libraries")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT, help="layout of the TVM libraries")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch", "torch.compile"])
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
             for tuned in (False, True) if not args.tuned or f"{model}:{h}x{w}" in args.tuned else (False,):
-                out = args.out / f"{model}_{h}x{w}_{'tuned' if tuned else 'untuned'}{'' if args.layout == 'NCHW' else '_' + args.layout.lower()}"
+                out = args.out / f"{model}_{h}x{w}_{'tuned' if tuned else 'untuned'}{'' if args.layout == DEFAULT_LAYOUT else '_' + args.layout.lower()}"
                 if not (out / "metadata.json").is_file():
                     tuning = TuningOptions(trials=args.trials if tuned else 0, db_root=args.tuning_db if tuned else None, layout=args.layout)
                     export_package(ckpt, out, ExportOptions(input_size=(h, w), onnx=not tuned, tuning=tuning, overwrite=True))

@@ -82,8 +82,9 @@ def main(argv=None) -> int:
         results.append({"target_ms": target, **json.loads((out / "summary.json").read_text())})
 
     # per search: the paper's derived (argmax) genotype and the budget-fitted one, all interleaved with the base
-    genotypes = [base] + [Genotype.parse(r[k]["genotype"] if k == "budget_fit" else r[k]) for r in results for k in ("genotype", "budget_fit")]
-    measured = measure(genotypes, (h, w), args.threads, args.rounds)
+    derived = [(r, kind, Genotype.parse(g)) for r in results
+               for kind, g in (("argmax", r["genotype"]), ("budget", r["budget_fit"]["genotype"]))]
+    measured = measure([base] + [g for _, _, g in derived], (h, w), args.threads, args.rounds)
     fidelity = json.loads(fidelity_path.read_text())
     report = {
         "input_size": [h, w], "threads": args.threads, "lut": str(table_path),
@@ -96,16 +97,13 @@ def main(argv=None) -> int:
         "| target R ms | derivation | predicted ms | measured median ms | measured vs R | measured / base | search wall s | genotype |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for i, r in enumerate(results):
-        for j, kind in enumerate(("argmax", "budget")):
-            med = measured[1 + 2 * i + j]
-            g = Genotype.parse(r["genotype"] if kind == "argmax" else r["budget_fit"]["genotype"])
-            row = {"target_ms": r["target_ms"], "derivation": kind, "genotype": g.format(), "predicted_ms": table.predict(g),
-                   "measured_ms": med, "vs_target": med / r["target_ms"] - 1, "vs_base": med / measured[0],
-                   "wall_s": r["wall_s"], "macs": table.predict(g, "macs"), "params": table.predict(g, "params"), "out_dir": r["out_dir"]}
-            report["searches"].append(row)
-            lines.append(f"| {row['target_ms']:g} | {kind} | {row['predicted_ms']:.1f} | {med:.1f} | {100 * row['vs_target']:+.1f} % | "
-                         f"{row['vs_base']:.2f} | {row['wall_s']:.0f} | `{row['genotype']}` |")
+    for (r, kind, g), med in zip(derived, measured[1:]):
+        row = {"target_ms": r["target_ms"], "derivation": kind, "genotype": g.format(), "predicted_ms": table.predict(g),
+               "measured_ms": med, "vs_target": med / r["target_ms"] - 1, "vs_base": med / measured[0],
+               "wall_s": r["wall_s"], "macs": table.predict(g, "macs"), "params": table.predict(g, "params"), "out_dir": r["out_dir"]}
+        report["searches"].append(row)
+        lines.append(f"| {row['target_ms']:g} | {kind} | {row['predicted_ms']:.1f} | {med:.1f} | {100 * row['vs_target']:+.1f} % | "
+                     f"{row['vs_base']:.2f} | {row['wall_s']:.0f} | `{row['genotype']}` |")
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print("\n".join(lines))
     return 0

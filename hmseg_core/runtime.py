@@ -108,18 +108,19 @@ def fastest_recorded_backend(package: str | os.PathLike, device: str = "cpu") ->
     Only the metadata is read: a damaged package fails later, in its backend, with the error that names the fix."""
     import importlib.util
 
+    from .deploy.package import ModelPackage, PackageError
+
     try:
-        meta = json.loads((Path(package) / "metadata.json").read_text())
-        size = "x".join(str(int(v)) for v in meta["input_size"])
-        groups = meta.get("latency") or {}
-    except (OSError, ValueError, KeyError, TypeError):
+        pkg = ModelPackage.load(package)
+        size = "x".join(str(int(v)) for v in pkg.input_size)
+    except (PackageError, ValueError, TypeError):
         return None
     recorded = {}
     for name in ("tvm", "onnxruntime", "torch"):
         if name != "torch" and importlib.util.find_spec(name) is None:
             continue
-        entry = groups.get(fingerprint_key(device_fingerprint(name, device)), {}).get("entries", {}).get(size)
-        if isinstance(entry, dict) and isinstance(entry.get("median_ms"), (int, float)):
+        entry = pkg.recorded_latency(device_fingerprint(name, device), size)
+        if entry is not None and isinstance(entry.get("median_ms"), (int, float)):
             recorded[name] = float(entry["median_ms"])
     return min(recorded, key=recorded.get) if recorded else None
 

@@ -66,17 +66,18 @@ def test_postprocess_picks_the_first_maximum_like_argmax_and_resizes():
 def test_auto_backend_is_the_fastest_recorded_on_this_device(tmp_path, ckpt):
     import importlib.util
 
-    from hmseg_core.runtime import AUTO, device_fingerprint, fingerprint_key, resolve_backend
+    from hmseg_core.deploy.package import FORMAT, FORMAT_VERSION, ModelPackage
+    from hmseg_core.runtime import AUTO, device_fingerprint, resolve_backend
 
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    meta = {"input_size": [64, 96], "latency": {}}
+    package = ModelPackage(pkg, {"format": FORMAT, "format_version": FORMAT_VERSION, "genotype": "", "class_names": [],
+                                 "palette": [], "mean": [], "std": [], "input_size": [64, 96], "files": {}})
+    package.save_metadata()
 
-    def record(backend, ms, size="64x96", **fp_overrides):
-        fp = {**device_fingerprint(backend, "cpu"), **fp_overrides}
-        group = meta["latency"].setdefault(fingerprint_key(fp), {"fingerprint": fp, "entries": {}})
-        group["entries"][size] = {"median_ms": ms}
-        (pkg / "metadata.json").write_text(json.dumps(meta))
+    def record(backend, ms, size="64x96", **fp_overrides):  # as `hmseg-core bench --record` stores it
+        package.record_latency({**device_fingerprint(backend, "cpu"), **fp_overrides}, size, {"median_ms": ms})
+        package.save_metadata()
 
     assert resolve_backend(AUTO, ckpt) == "torch" and resolve_backend(None, pkg) == "tvm"  # nothing recorded: tvm
     assert resolve_backend("onnxruntime", pkg) == "onnxruntime"  # an explicit choice stands

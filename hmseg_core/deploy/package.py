@@ -156,6 +156,14 @@ class ModelPackage:
         )
         group["entries"][key] = stats
 
+    def recorded_latency(self, fingerprint: Dict[str, object], key: str) -> Optional[Dict[str, float]]:
+        """The measurement :meth:`record_latency` stored under ``fingerprint`` and ``key``, or None."""
+        from ..runtime import fingerprint_key
+
+        group = (self.metadata.get("latency") or {}).get(fingerprint_key(fingerprint)) or {}
+        entry = (group.get("entries") or {}).get(key)
+        return entry if isinstance(entry, dict) else None
+
     def describe(self) -> str:
         m = self.metadata
         libs = ", ".join(f"{lib['target_key']} ({lib.get('tuning', {}).get('trials', 0)} trials)" for lib in self.libraries) or "none"

@@ -120,7 +120,7 @@ def _clip_as_min_max(mod):
     return mod
 
 
-def lower(mod, target: TargetDict, layout: str = "NCHW"):
+def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):
     """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused.
 
     With ``layout="NHWC"`` the convolutions (and the element-wise work between them) run
@@ -130,12 +130,10 @@ def lower(mod, target: TargetDict, layout: str = "NCHW"):
     import tvm
     from tvm import relax
 
-    if layout != "NCHW":
+    convert = []
+    if layout != "NCHW":  # the exported layout
         mod = _clip_as_min_max(mod)
-    convert = [] if layout == "NCHW" else [
-        relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, LAYOUTS[layout]]}),
-        relax.transform.Normalize(),
-    ]
+        convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, LAYOUTS[layout]]}), relax.transform.Normalize()]
     with tvm.target.Target(target):
         return tvm.transform.Sequential(
             [

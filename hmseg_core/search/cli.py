@@ -10,6 +10,7 @@ import json
 import sys
 
 from .. import cli
+from ..deploy.tuning import LAYOUTS
 
 
 def _backend(args: argparse.Namespace, name: str):
@@ -132,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--trials-per-part", type=int, default=0,
                    help="MetaSchedule trials per part (tvm backend; 0: apply the records in --tuning-db only)")
     b.add_argument("--tuning-db", help="tuning records directory shared with `hmseg-core export --tuning-db`")
-    b.add_argument("--layout", choices=["NCHW", "NHWC"], help="tvm backend: the layout the networks will be exported in")
+    b.add_argument("--layout", choices=sorted(LAYOUTS), help="tvm backend: the layout the networks will be exported in")
     b.set_defaults(func=cmd_lut_build)
     c = lsub.add_parser("check", help="LUT-predicted vs measured end-to-end latency of random architectures")
     c.add_argument("--table", required=True)

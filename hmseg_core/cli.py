@@ -197,9 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .config import ConfigError
     from .data.datasets import DatasetError
     from .genotype import GenotypeError
+    from .hardware import retain_freed_memory
     from .runtime import BackendUnavailable
 
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return args.func(args)
     except (

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from .hardware import cpu_model
+from .hardware import allocator, cpu_model, retain_freed_memory
 from .evaluate import postprocess, preprocess
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
@@ -183,6 +183,7 @@ class Segmenter:
         ``backend`` (``None`` or ``"auto"``): see :func:`resolve_backend` (a package's fastest recorded backend here,
         else tvm; torch for a checkpoint); with ``fallback``
         a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
+        retain_freed_memory()
         if backend in (None, AUTO):
             backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint, device)
         if backend not in BACKENDS:
@@ -362,6 +363,7 @@ def device_fingerprint(backend: str, device: str = "cpu", threads: Optional[int]
         "backend": backend,
         "device": device,
         "threads": int(threads if threads else torch.get_num_threads()),
+        "allocator": allocator(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -147,7 +147,7 @@ def macs_cost():
         name = "none"
 
         def fingerprint(self):
-            return {"backend": "none", "target": "-", "cpu": "-", "cores": 1, "threads": 1}
+            return {"backend": "none", "target": "-", "cpu": "-", "cores": 1, "threads": 1, "allocator": "system"}
 
         def measure(self, module, inputs, warmup, repeats):
             return 1.0

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequ
 import torch
 from torch import nn
 
-from ..hardware import cpu_model
+from ..hardware import allocator, cpu_model, retain_freed_memory
 from ..genotype import Genotype
 from ..model import LightweightHead, ResolutionLayer, build_model, resize_to
 from ..ops import ConvBNAct, build_op
@@ -55,7 +55,7 @@ FORMAT = "hmseg-latency-table"
 VERSION = 1
 METRICS = ("latency_ms", "macs", "params")
 #: Fingerprint fields that must match for a latency table to be valid on this device.
-IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads")
+IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads", "allocator")
 
 Shape = Tuple[int, int, int]  # (C, H, W), batch 1
 
@@ -182,6 +182,7 @@ class TorchBackend:
 
     def __init__(self, device: str = "cpu", threads: int = 0) -> None:
         self.device = torch.device(device)
+        retain_freed_memory()  # as deployment runs: see hmseg_core.hardware
         if threads:
             torch.set_num_threads(threads)
 
@@ -193,6 +194,7 @@ class TorchBackend:
             "cpu": cpu_model(),
             "cores": _cores(),
             "threads": torch.get_num_threads(),
+            "allocator": allocator(),
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
 

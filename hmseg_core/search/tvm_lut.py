@@ -25,7 +25,7 @@ from torch import nn
 
 from ..deploy.targets import TargetDict, resolve_target, target_key
 from ..deploy.tuning import TRANSFORM_PARAMS, TuningOptions
-from ..hardware import cpu_model
+from ..hardware import allocator, cpu_model
 from .lut import _cores
 
 
@@ -61,6 +61,7 @@ class TVMBackend:
             "cpu": cpu_model(),
             "cores": _cores(),
             "threads": self.threads,
+            "allocator": allocator(),
             "versions": {"tvm": tvm.__version__, "torch": torch.__version__, "python": platform.python_version()},
             "tuning": {"trials_per_part": self.tuning.trials, "records": str(self.tuning.db_root) if self.tuning.db_root else None},
             "layout": self.tuning.layout,

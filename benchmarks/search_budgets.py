@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 from hmseg_core.genotype import Genotype
+from hmseg_core.search.cost import CostModel
 from hmseg_core.search.lut import LatencyTable, TorchBackend, measure_networks
+from hmseg_core.search.space import SearchSpace
 
 
 def run(cmd, log: Path) -> None:
@@ -86,18 +88,24 @@ def main(argv=None) -> int:
                for kind, g in (("argmax", r["genotype"]), ("budget", r["budget_fit"]["genotype"]))]
     measured = measure([base] + [g for _, _, g in derived], (h, w), args.threads, args.rounds)
     fidelity = json.loads(fidelity_path.read_text())
+    lo, hi = CostModel(SearchSpace.from_genotype(base), table).bounds()  # the default O+D+R space
     report = {
         "input_size": [h, w], "threads": args.threads, "lut": str(table_path),
         "base": {"genotype": base.format(), "predicted_ms": base_ms, "measured_ms": measured[0]},
+        "space_range_ms": [lo, hi],
         "fidelity": {k: fidelity[k] for k in fidelity if k != "rows"},
         "searches": [],
     }
     lines = [
         f"base {args.base}: predicted {base_ms:.1f} ms, measured {measured[0]:.1f} ms (median, {args.threads} threads, {h}x{w})",
+        f"the space reaches {lo:.1f} .. {hi:.1f} ms (predicted)",
         "| target R ms | derivation | predicted ms | measured median ms | measured vs R | measured / base | search wall s | genotype |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (r, kind, g), med in zip(derived, measured[1:]):
+        band = r["budget_fit"]["band"]
+        if kind == "budget" and not band[0] <= r["budget_fit"]["cost"] <= band[1]:
+            kind = "budget (band out of reach)"
         row = {"target_ms": r["target_ms"], "derivation": kind, "genotype": g.format(), "predicted_ms": table.predict(g),
                "measured_ms": med, "vs_target": med / r["target_ms"] - 1, "vs_base": med / measured[0],
                "wall_s": r["wall_s"], "macs": table.predict(g, "macs"), "params": table.predict(g, "params"), "out_dir": r["out_dir"]}

@@ -274,7 +274,9 @@ class GumbelSearch:
             # the argmax architecture lands wherever the last sign flips of Eq. 4 left it; this one
             # is the most probable found by changing choices until its cost is in the budget band
             "budget_fit": {"genotype": fitted.format(), "cost": fitted_cost, "changes": changes,
-                           "band": [cfg.fit_low * cfg.target, cfg.target]},
+                           "band": [cfg.fit_low * cfg.target, cfg.target],
+                           "in_band": cfg.fit_low * cfg.target <= fitted_cost <= cfg.target},
+            "space_range": list(cost.bounds()),  # cheapest and most expensive architecture
             "steps": step,
             "total_steps": total_steps,
             "finished": step >= total_steps,

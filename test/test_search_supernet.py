@@ -186,6 +186,22 @@ def test_budget_fit_lands_in_the_band_from_above_and_below_and_keeps_frozen_choi
     Genotype.parse(space.genotype(ops, ratios).format())  # valid
 
 
+def test_budget_fit_above_the_space_keeps_the_most_probable_architecture(macs_cost):
+    space, cost = macs_cost
+    g = torch.Generator().manual_seed(7)
+    op_logp = [F.log_softmax(torch.randn(len(l.candidates), generator=g, dtype=torch.float64), 0).tolist() for l in space.layers]
+    ratio_logp = [F.log_softmax(torch.randn(len(c), generator=g, dtype=torch.float64), 0).tolist() for c in space.ratio_choices]
+    argmax = tuple(max(range(len(lp)), key=lambda k: lp[k]) for lp in op_logp)
+    argmax_ratios = tuple(max(range(len(lp)), key=lambda k: lp[k]) for lp in ratio_logp)
+    hi = cost.bounds()[1]
+    assert cost.index_cost(argmax, argmax_ratios) < hi  # the fit could grow it, and must not
+    ops, ratios, value, changes = cost.fit_to_budget(op_logp, ratio_logp, 1.5 * hi, low=0.9)
+    assert (ops, ratios, changes) == (argmax, argmax_ratios, 0) and value == pytest.approx(cost.index_cost(argmax, argmax_ratios))
+    # just inside the space's reach, the band binds again and the fit spends the budget
+    ops, ratios, value, changes = cost.fit_to_budget(op_logp, ratio_logp, hi, low=0.9)
+    assert changes > 0 and 0.9 * hi <= value <= hi
+
+
 def test_budget_fit_rejects_a_bad_band(macs_cost):
     space, cost = macs_cost
     with pytest.raises(ValueError, match="low"):

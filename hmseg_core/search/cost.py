@@ -82,10 +82,15 @@ class CostModel:
         otherwise the change towards the band that loses the least log-probability per unit of
         cost (never past the band: above ``target`` when raising the cost, below it when
         lowering, unless nothing else lowers it). Stops in the band, or when no change moves
-        towards it. Returns ``(ops, ratios, cost, changes)``.
+        towards it. When even the most expensive architecture of the space costs less than
+        ``low * target``, the band is out of reach and only ``target`` binds: an architecture within
+        it stays as it is, rather than growing into the most expensive one for no reason but cost.
+        Returns ``(ops, ratios, cost, changes)``.
         """
         if not 0.0 < low <= 1.0:
             raise ValueError(f"low must be in (0, 1], got {low}")
+        if self.bounds()[1] < low * target:
+            low = 0.0
         ops = [max(range(len(lp)), key=lambda k: lp[k]) for lp in op_logp]
         ratios = [max(range(len(lp)), key=lambda k: lp[k]) for lp in ratio_logp]
         current = self.index_cost(ops, ratios)

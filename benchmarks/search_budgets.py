@@ -8,7 +8,9 @@ interleaved in one process with the base network, against their targets:
         --budgets 0.5 1 2 --threads 2 -o crop=192,256 -o epochs=12 -o warmup_epochs=4
 
 Budgets are multiples of the base network's predicted latency (``--budgets-ms`` for absolute
-milliseconds). Writes ``<out>/report.json`` and a Markdown table on stdout.
+milliseconds). With ``--recalibrate`` the table's calibration is re-fitted to the machine as it
+runs now and every search derived again before measuring (targets stay as first computed).
+Writes ``<out>/report.json`` and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--budgets-ms", type=float, nargs="+", help="absolute targets in ms (instead of --budgets)")
     p.add_argument("--config", default="config/search_camvid.yaml")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="search config override")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="before measuring: re-fit the table's calibration to the machine as it runs now "
+                        "(hmseg-core lut recalibrate) and derive every finished search again against it")
     p.add_argument("--rounds", type=int, default=50, help="timed runs per network in the final measurement (5 interleaved sweeps)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -70,13 +75,19 @@ def main(argv=None) -> int:
                 "--report", str(fidelity_path)), log)
     table = LatencyTable.load(table_path, device=TorchBackend("cpu", args.threads).fingerprint())
     base = Genotype.parse(table.base)
-    base_ms = table.predict(base)
+    # targets come from the table as first calibrated, so a recalibration moves no target
+    scale0 = table.settings.get("calibrations", [{"scale": table.calibration.scale}])[0]["scale"]
+    base_ms = table.predict(base, calibrated=False) * scale0
     targets = args.budgets_ms or [round(f * base_ms, 1) for f in args.budgets]
 
+    if args.recalibrate:
+        run(cli("lut", "recalibrate", "--table", str(table_path), "--threads", str(args.threads)), log)
+        table = LatencyTable.load(table_path)
     results = []
     for target in targets:
         out = args.out / f"target_{target:g}ms"
-        if not (out / "summary.json").is_file() or not json.loads((out / "summary.json").read_text()).get("finished"):
+        finished = (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text()).get("finished")
+        if not finished or args.recalibrate:  # a finished search resumed only derives, against the table as it is now
             cmd = cli("search", "--config", args.config, "--data-root", args.data_root, "--lut", str(table_path),
                       "--target", str(target), "--threads", str(args.threads), "--out", str(out))
             cmd += [f"-o{kv}" for kv in args.set] + (["--resume"] if (out / "last.pt").is_file() else [])
@@ -91,13 +102,15 @@ def main(argv=None) -> int:
     lo, hi = CostModel(SearchSpace.from_genotype(base), table).bounds()  # the default O+D+R space
     report = {
         "input_size": [h, w], "threads": args.threads, "lut": str(table_path),
-        "base": {"genotype": base.format(), "predicted_ms": base_ms, "measured_ms": measured[0]},
+        "base": {"genotype": base.format(), "predicted_ms": table.predict(base), "measured_ms": measured[0]},
+        "calibration_scale": table.calibration.scale,
         "space_range_ms": [lo, hi],
         "fidelity": {k: fidelity[k] for k in fidelity if k != "rows"},
         "searches": [],
     }
     lines = [
-        f"base {args.base}: predicted {base_ms:.1f} ms, measured {measured[0]:.1f} ms (median, {args.threads} threads, {h}x{w})",
+        f"base {args.base}: predicted {table.predict(base):.1f} ms, measured {measured[0]:.1f} ms (median, {args.threads} threads, "
+        f"{h}x{w}; calibration scale {table.calibration.scale:.3f})",
         f"the space reaches {lo:.1f} .. {hi:.1f} ms (predicted)",
         "| target R ms | derivation | predicted ms | measured median ms | measured vs R | measured / base | search wall s | genotype |",
         "|---|---|---|---|---|---|---|---|",

@@ -183,3 +183,44 @@ def test_fidelity_is_not_checked_on_the_calibration_architectures(space, table):
 
     with pytest.raises(ValueError, match="calibration"):
         check_fidelity(table, space, TorchBackend(threads=1), count=2, seed=CALIBRATION_SEED, warmup=0, repeats=1)
+
+
+class ParamClock:
+    """A backend whose 'latency' is k ms per thousand parameters: parts add up to the network exactly."""
+
+    name = "torch"
+
+    def __init__(self, k):
+        self.k = k
+
+    def fingerprint(self):
+        return TorchBackend(threads=1).fingerprint()
+
+    def measure(self, module, inputs, warmup, repeats):
+        return self.k * sum(p.numel() for p in module.parameters()) / 1e3
+
+
+def test_recalibration_refits_the_scale_keeps_the_parts_and_the_history(space, tmp_path):
+    table = LatencyTable.measure(space, SIZE, ParamClock(1.0), warmup=0, repeats=1, calibrate=4, passes=1)
+    assert table.calibration.scale == pytest.approx(1.0)
+    entries, g = json.loads(json.dumps(table.entries)), _samples(space, seed=5)[-1]
+    before = table.predict(g)
+    cal = table.calibrate(space, ParamClock(2.0), count=4, warmup=0, repeats=1)  # the machine got twice as slow
+    assert cal.scale == pytest.approx(2.0) and table.calibration is cal and len(cal.rows) == 4
+    assert table.entries == entries and table.predict(g) == pytest.approx(2.0 * before)
+    loaded = LatencyTable.load(table.save(tmp_path / "lut.json"))
+    assert loaded.calibration.scale == pytest.approx(2.0)
+    assert [c["scale"] for c in loaded.settings["calibrations"]] == [pytest.approx(1.0)]
+
+
+def test_cli_recalibrate_in_place(table, tmp_path, capsys):
+    from hmseg_core.cli import main
+
+    path = table.save(tmp_path / "lut.json")
+    assert main(["lut", "recalibrate", "--table", str(path), "--threads", "1", "--warmup", "0", "--repeats", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    loaded = LatencyTable.load(path)
+    assert report["scale"] == pytest.approx(loaded.calibration.scale) and report["architectures"] == 10
+    assert report["scale_before"] == pytest.approx(table.calibration.scale)
+    assert loaded.settings["calibrations"][0]["scale"] == pytest.approx(table.calibration.scale)
+    assert loaded.entries == json.loads(json.dumps(table.entries))

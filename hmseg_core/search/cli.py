@@ -1,4 +1,4 @@
-"""``hmseg-core lut build|check`` and ``hmseg-core search``; registered through :data:`hmseg_core.cli._PLUGINS`.
+"""``hmseg-core lut build|check|recalibrate`` and ``hmseg-core search``; registered through :data:`hmseg_core.cli._PLUGINS`.
 
 Importing this module imports neither torch nor the search code; handlers import them when run.
 """
@@ -80,6 +80,23 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lut_recalibrate(args: argparse.Namespace) -> int:
+    from ..genotype import Genotype
+    from .lut import LatencyTable
+    from .space import SearchSpace
+
+    backend = _table_backend(args, args.table)
+    table = LatencyTable.load(args.table, device=backend.fingerprint())
+    space = SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
+    before = table.calibration.scale
+    count = args.calibrate or len(table.calibration.rows) or 10
+    cal = table.calibrate(space, backend, count, args.warmup, args.repeats, progress=True)
+    path = table.save(args.out or args.table)
+    print(json.dumps({"table": str(path), "scale_before": before, "scale": cal.scale, "architectures": len(cal.rows),
+                      "base_latency_ms": table.predict(space.base)}, indent=2))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .config import load_search_config
     from .lut import LatencyTable
@@ -143,6 +160,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tuning-db", help="tvm tables: the records directory the table was built with")
     _add_measure_args(c, 20)
     c.set_defaults(func=cmd_lut_check)
+
+    r = lsub.add_parser("recalibrate", help="re-fit the latency calibration to how fast this machine runs now (parts kept)")
+    r.add_argument("--table", required=True)
+    r.add_argument("--out", help="write the recalibrated table here (default: in place; the old calibration is kept in it)")
+    r.add_argument("--calibrate", type=int, default=0, metavar="N", help="architectures to measure (default: as many as before)")
+    r.add_argument("--tuning-db", help="tvm tables: the records directory the table was built with")
+    _add_measure_args(r, 20)
+    r.set_defaults(func=cmd_lut_recalibrate)
 
     s = sub.add_parser("search", help="Gumbel-softmax architecture search against a cost target")
     s.add_argument("--config", help="YAML file (config/search_camvid.yaml)")

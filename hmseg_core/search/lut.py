@@ -349,14 +349,33 @@ class LatencyTable:
                       "batch": 1, "dtype": "float32",
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
-        rng = random.Random(CALIBRATION_SEED)
-        nets = [space.sample(rng) for _ in range(calibrate)]
-        if nets:
-            if progress:
-                print(f"calibration: {calibrate} networks end to end, interleaved", file=sys.stderr)
-            measured = measure_networks(nets, input_size, backend, warmup, repeats)
-            table.calibration = Calibration.fit([(g.format(), table.predict(g, calibrated=False), m) for g, m in zip(nets, measured)])
+        table.calibrate(space, backend, calibrate, warmup, repeats, progress)
         return table
+
+    def calibrate(
+        self, space: SearchSpace, backend: Backend, count: int = 10, warmup: int = 5, repeats: int = 20,
+        progress: bool = False,
+    ) -> Calibration:
+        """Measure ``count`` random architectures of ``space`` end to end now and fit the latency
+        :class:`Calibration` to them (0: no calibration). The part entries stay as they are.
+
+        A table's parts are relative costs that hold for weeks; how fast the machine runs them
+        right now (frequency, other tenants, memory pressure) is what the calibration carries, and
+        re-fitting it takes a minute where re-measuring every part takes several. Each call draws
+        the same architectures; the calibration it replaces is kept in ``settings["calibrations"]``."""
+        rng = random.Random(CALIBRATION_SEED)
+        nets = [space.sample(rng) for _ in range(count)]
+        if not nets:
+            return self.calibration
+        if progress:
+            print(f"calibration: {count} networks end to end, interleaved", file=sys.stderr)
+        measured = measure_networks(nets, self.input_size, backend, warmup, repeats)
+        if self.calibration.rows:
+            history = self.settings.setdefault("calibrations", [])
+            history.append({"scale": self.calibration.scale, "offset_ms": self.calibration.offset_ms,
+                            "until": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.calibration = Calibration.fit([(g.format(), self.predict(g, calibrated=False), m) for g, m in zip(nets, measured)])
+        return self.calibration
 
     # ------------------------------------------------------------------ file form
     def to_dict(self) -> Dict[str, Any]:

@@ -262,7 +262,8 @@ class GumbelSearch:
         bar.close()
 
         genotype = net.genotype()
-        fitted, fitted_cost, changes = budget_fit(net, cost, cfg.target, cfg.fit_low)
+        band = [cfg.fit_low * cfg.target, cfg.fit_high * cfg.target]
+        fitted, fitted_cost, changes = budget_fit(net, cost, band[1], cfg.fit_low / cfg.fit_high)
         summary: Dict[str, Any] = {
             "genotype": genotype.format(),
             "space": space.switches.format(),
@@ -274,8 +275,7 @@ class GumbelSearch:
             # the argmax architecture lands wherever the last sign flips of Eq. 4 left it; this one
             # is the most probable found by changing choices until its cost is in the budget band
             "budget_fit": {"genotype": fitted.format(), "cost": fitted_cost, "changes": changes,
-                           "band": [cfg.fit_low * cfg.target, cfg.target],
-                           "in_band": cfg.fit_low * cfg.target <= fitted_cost <= cfg.target},
+                           "band": band, "in_band": band[0] <= fitted_cost <= band[1]},
             "space_range": list(cost.bounds()),  # cheapest and most expensive architecture
             "steps": step,
             "total_steps": total_steps,

@@ -256,6 +256,28 @@ def test_cli_export_refuses_trials_without_a_records_directory(checkpoint, tmp_p
     assert "--tuning-db" in capsys.readouterr().err
 
 
+def test_bench_times_every_row_in_blocks_and_records_per_device(package_copy, capsys, monkeypatch):
+    from hmseg_core.cli import main
+    from hmseg_core.deploy import bench as bench_mod
+    from hmseg_core.deploy.package import ModelPackage
+    from hmseg_core.runtime import device_fingerprint
+
+    calls = []
+    segment = Segmenter.segment
+    monkeypatch.setattr(Segmenter, "segment", lambda self, rgb: calls.append(self.backend_name) or segment(self, rgb))
+    rows = bench_mod.bench([package_copy], backends=["tvm", "onnxruntime", "torch"], runs=5, warmup=1, threads=1, block=3)
+    assert [(r.backend, len(r.inference_ms), len(r.total_ms)) for r in rows] == [("tvm", 5, 5), ("onnxruntime", 5, 5), ("torch", 5, 5)]
+    assert all(0 < i <= t for r in rows for i, t in zip(r.inference_ms, r.total_ms))
+    # warm-up round, then per sweep each row back to back: one untimed switch-over frame + the block (3, then 2)
+    sweep = lambda n: [b for b in ("tvm", "onnxruntime", "torch") for _ in range(1 + n)]
+    assert calls == ["tvm", "onnxruntime", "torch"] + sweep(3) + sweep(2)
+    monkeypatch.undo()
+    assert main(["bench", str(package_copy), "--runs", "2", "--block", "1", "--backends", "onnxruntime", "--threads", "1", "--record"]) == 0
+    assert "ONNX Runtime" in capsys.readouterr().out
+    recorded = ModelPackage.load(package_copy).recorded_latency(device_fingerprint("onnxruntime", threads=1), f"{SIZE[0]}x{SIZE[1]}")
+    assert recorded["runs"] == 2 and recorded["median_ms"] > 0
+
+
 def test_cli_reports_an_unusable_package_as_an_error(package_copy, capsys):
     from hmseg_core.cli import main
 

@@ -1,7 +1,12 @@
-"""Side-by-side latency of backends in one process: interleaved runs after a warm-up, median and p95.
+"""Side-by-side latency of backends in one process: interleaved sweeps after a warm-up, median and p95.
 
-Each round runs every (package, backend) once, in turn, so load changes on the machine
-spread over all rows instead of penalising whichever ran last.
+Each sweep runs every (package, backend) in turn for a block of back-to-back frames, so load
+changes on the machine spread over all rows instead of penalising whichever ran last, and each
+row is timed the way it runs deployed: frame after frame, with its own weights in cache and
+no other runtime's threads still spinning. The first frame after switching rows is not timed:
+a thread pool that just finished (PyTorch's OpenMP workers, ONNX Runtime's) keeps spinning for
+a while and took the cores from the next runtime (PyTorch eager measured 51 ms right after ONNX
+Runtime against 23 ms on its own).
 """
 
 from __future__ import annotations
@@ -80,10 +85,13 @@ def bench(
     threads: int = 2,
     size: Optional[Tuple[int, int]] = None,
     log: Callable[[str], None] = lambda s: None,
+    block: int = 10,
 ) -> List[BenchRow]:
-    """Time every backend of every package on one random image (the package's input size unless ``size``)."""
-    if runs < 1:
-        raise ValueError("runs must be >= 1")
+    """Time every backend of every package on one random image (the package's input size unless ``size``):
+    ``warmup`` untimed rounds over all rows, then sweeps of ``block`` timed frames per row (after one
+    untimed frame) until each row has ``runs`` timed frames."""
+    if runs < 1 or block < 1:
+        raise ValueError("runs and block must be >= 1")
     set_threads(threads)
     rows: List[Tuple[BenchRow, Segmenter, np.ndarray]] = []
     seen_torch = set()
@@ -104,15 +112,21 @@ def bench(
                 seg.backend_name = TORCH_COMPILE
             rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             rows.append((BenchRow(Path(pkg).name, backend, _label(seg), (h, w), [], []), seg, rgb))
-    for i in range(warmup + runs):
+    for _ in range(warmup):
+        for _, seg, rgb in rows:
+            seg.segment(rgb)
+    done = 0
+    while done < runs:
+        n = min(block, runs - done)
         for row, seg, rgb in rows:
-            t = time.perf_counter()
-            _, timings = seg.segment(rgb)
-            if i >= warmup:
+            seg.segment(rgb)  # switching rows: not timed
+            for _ in range(n):
+                t = time.perf_counter()
+                _, timings = seg.segment(rgb)
                 row.total_ms.append(1e3 * (time.perf_counter() - t))
                 row.inference_ms.append(timings.inference)
-        if i == warmup - 1 or (i >= warmup and (i - warmup + 1) % 10 == 0):
-            log(f"round {max(0, i - warmup + 1)}/{runs}")
+        done += n
+        log(f"{done}/{runs} frames per row")
     return [row for row, _, _ in rows]
 
 

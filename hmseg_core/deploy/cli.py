@@ -38,7 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..runtime import device_fingerprint
 
     rows = bench(args.packages, args.backends, args.runs, args.warmup, args.threads, args.size,
-                 log=lambda s: print(s, file=sys.stderr, flush=True))
+                 log=lambda s: print(s, file=sys.stderr, flush=True), block=args.block)
     if args.json:
         print(json.dumps([{"package": r.package, "backend": r.backend, "label": r.label, "size": r.size, **r.stats()} for r in rows], indent=2))
     else:
@@ -101,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=["tvm", "onnxruntime", "torch", "torch.compile"])
     b.add_argument("--runs", type=int, default=50)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--block", type=int, default=10, help="back-to-back timed frames per row in each interleaved sweep")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--size", type=cli._size, help="image size HxW (default: each package's input size)")
     b.add_argument("--record", action="store_true", help="store the results in each package's metadata under this device")

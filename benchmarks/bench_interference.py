@@ -21,11 +21,13 @@ def segmenter(package: str, backend: str, ort_spin: bool):
     if backend == "onnxruntime" and ort_spin:  # ONNX Runtime's own default, for comparison
         import onnxruntime as ort
 
-        old = seg.backend.session
+        from hmseg_core.deploy.package import ModelPackage
+
+        old, pkg = seg.backend.session, ModelPackage.load(package)
         options = ort.SessionOptions()
         options.intra_op_num_threads = old.get_session_options().intra_op_num_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        seg.backend.session = ort.InferenceSession(old._model_path, options, providers=old.get_providers())
+        seg.backend.session = ort.InferenceSession(str(pkg.path(pkg.onnx["file"])), options, providers=old.get_providers())
     return seg
 
 
@@ -65,7 +67,6 @@ def main(argv=None) -> int:
             for b in args.backends:
                 cells.append("" if b == other else f"{alternate([segs[other], segs[b]], rgb, args.runs)[1]:.2f}")
             print(f"| {other}, frame by frame | {'yes' if spin else 'no'} | " + " | ".join(cells) + " |", flush=True)
-        print(f"(alone, spin={'on' if spin else 'off'}) done", file=sys.stderr)
     return 0
 
 

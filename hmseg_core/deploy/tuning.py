@@ -126,6 +126,12 @@ def _persistent_builder(timeout_s: float, restart_every: int = 25):
                     results.append(BuilderResult(None, f"build failed: {r.value}"))
             return results
 
+        def close(self) -> None:
+            """Stop the worker processes (call once tuning is done; garbage collection may come much later)."""
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
     return PersistentBuilder()
 
 
@@ -237,17 +243,21 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
             seed=options.seed,
         )
         progress = _progress_callback(options.trials, log)
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=options.trials,
-            max_trials_per_task=min(options.trials_per_task, options.trials),
-            num_trials_per_iter=trials_per_round(options, len(todo)),
-            builder=_persistent_builder(options.builder_timeout_s),
-            database=database,
-            measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
-        )
+        builder = _persistent_builder(options.builder_timeout_s)
+        try:
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=options.trials,
+                max_trials_per_task=min(options.trials_per_task, options.trials),
+                num_trials_per_iter=trials_per_round(options, len(todo)),
+                builder=builder,
+                database=database,
+                measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
+            )
+        finally:
+            builder.close()
         trials = progress.done
     elif todo:
         log(f"{len(todo)} of {len(tasks)} tasks have no tuning records in {work_dir} (budget 0: default schedules)")

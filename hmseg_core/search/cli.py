@@ -44,6 +44,18 @@ def _table_backend(args: argparse.Namespace, path: str):
     return _backend(args, fingerprint.get("backend", "torch"))
 
 
+def _table_here(args: argparse.Namespace):
+    """``(backend, table, space)``: ``args.table`` loaded for this device, its backend set up as it was
+    built, and the O+D+R space around its base."""
+    from ..genotype import Genotype
+    from .lut import LatencyTable
+    from .space import SearchSpace
+
+    backend = _table_backend(args, args.table)
+    table = LatencyTable.load(args.table, device=backend.fingerprint())
+    return backend, table, SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
+
+
 def cmd_lut_build(args: argparse.Namespace) -> int:
     from ..registry import get_genotype
     from .lut import LatencyTable
@@ -62,13 +74,9 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_check(args: argparse.Namespace) -> int:
-    from ..genotype import Genotype
-    from .lut import LatencyTable, check_fidelity
-    from .space import SearchSpace
+    from .lut import check_fidelity
 
-    backend = _table_backend(args, args.table)
-    table = LatencyTable.load(args.table, device=backend.fingerprint())
-    space = SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
+    backend, table, space = _table_here(args)
     report = check_fidelity(table, space, backend, args.genotypes, args.seed, args.warmup, args.repeats, progress=True)
     if args.report:
         with open(args.report, "w") as f:
@@ -81,13 +89,7 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_recalibrate(args: argparse.Namespace) -> int:
-    from ..genotype import Genotype
-    from .lut import LatencyTable
-    from .space import SearchSpace
-
-    backend = _table_backend(args, args.table)
-    table = LatencyTable.load(args.table, device=backend.fingerprint())
-    space = SearchSpace.from_genotype(Genotype.parse(table.base), "O+D+R", table.ratio_choices[0])
+    backend, table, space = _table_here(args)
     before = table.calibration.scale
     count = args.calibrate or len(table.calibration.rows) or 10
     cal = table.calibrate(space, backend, count, args.warmup, args.repeats, progress=True)

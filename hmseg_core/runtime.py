@@ -44,7 +44,10 @@ class Backend(Protocol):
     """Runs the network: normalised float (1, 3, h, w) -> logits (1, C, h, w), both torch tensors.
 
     Pre- and post-processing stay in :class:`Segmenter`, so every backend produces labels
-    through the same resize and argmax.
+    through the same resize and argmax. A backend whose model also holds the whole frame
+    (:class:`hmseg_core.deploy.export.FramePath`: the same normalisation and argmax, compiled
+    with the network) sets ``frame_size`` to the image size it takes and has
+    ``labels(rgb) -> class ids``; the Segmenter uses it for images of that size.
     """
 
     name: str
@@ -178,11 +181,14 @@ class Segmenter:
         device: str = "cpu",
         name: Optional[str] = None,
         fallback: bool = False,
+        whole_frame: bool = True,
     ) -> None:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
         ``backend`` (``None`` or ``"auto"``): see :func:`resolve_backend` (a package's fastest recorded backend here,
         else tvm; torch for a checkpoint); with ``fallback``
-        a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning."""
+        a backend that cannot run here (:class:`BackendUnavailable`) is replaced by torch, with a warning.
+        ``whole_frame``: let a backend that can run pre-processing, network and argmax in one call do so
+        for images of its size (``False`` times the network alone between this class's pre- and post-processing)."""
         retain_freed_memory()
         if backend in (None, AUTO):
             backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint, device)
@@ -200,6 +206,7 @@ class Segmenter:
             warnings.warn(f"backend {backend!r} unavailable, running on torch instead: {e}", RuntimeWarning, stacklevel=2)
             self.backend_name, self.backend = "torch", BACKENDS["torch"](ckpt, device)
         self.resize = resize
+        self.whole_frame = whole_frame
         self.class_names: List[str] = list(ckpt["class_names"])
         self.palette: List[List[int]] = [list(map(int, c)) for c in ckpt["palette"]]
         self.mean, self.std = list(ckpt["mean"]), list(ckpt["std"])
@@ -214,12 +221,23 @@ class Segmenter:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.segment(rgb)[0]
 
+    def runs_whole_frame(self, size: Sequence[int]) -> bool:
+        """Whether an image of ``size`` (H, W) goes through the backend's whole-frame call."""
+        size = tuple(size)
+        return self.whole_frame and getattr(self.backend, "frame_size", None) == size and tuple(self.resize.network_size(size)) == size
+
     def segment(self, rgb: np.ndarray) -> Tuple[np.ndarray, Timings]:
-        """RGB uint8 (H, W, 3) -> (class ids uint8 (H, W), stage timings)."""
+        """RGB uint8 (H, W, 3) -> (class ids uint8 (H, W), stage timings).
+
+        When the backend runs the whole frame (:meth:`runs_whole_frame`), all of it is timed as
+        inference and the pre- and post-processing times are zero."""
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {getattr(rgb, 'dtype', type(rgb))} {np.shape(rgb)}")
         t0 = time.perf_counter()
         size = rgb.shape[:2]
+        if self.runs_whole_frame(size):
+            labels = self.backend.labels(rgb)
+            return labels, Timings(0.0, 1e3 * (time.perf_counter() - t0), 0.0)
         x = preprocess(rgb, self.mean, self.std, self.resize.network_size(size))
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -365,6 +383,10 @@ def device_fingerprint(backend: str, device: str = "cpu", threads: Optional[int]
         "threads": int(threads if threads else torch.get_num_threads()),
         "allocator": allocator(),
     }
+    if backend == "tvm" and not device.startswith("cuda"):
+        # the TVM backend sizes TVM's thread pool to ``threads``; records made before it did so ran
+        # on TVM's default of one thread here and no longer match
+        fp["tvm_threads"] = fp["threads"]
     if device.startswith("cuda") and torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return fp

@@ -95,13 +95,17 @@ def _edit_metadata(root, edit):
 def test_backend_labels_equal_torch(package_dir, backend):
     ref = Segmenter(package_dir, backend="torch")
     seg = Segmenter(package_dir, backend=backend)
+    network_only = Segmenter(package_dir, backend=backend, whole_frame=False)
+    assert seg.runs_whole_frame(SIZE) and not network_only.runs_whole_frame(SIZE) and not ref.runs_whole_frame(SIZE)
     max_diff = 0.0
     for rgb in _images():
-        labels, timings = seg.segment(rgb)
+        labels, timings = seg.segment(rgb)  # the whole frame in one call of the library / ONNX model
         expected = ref(rgb)
         assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
         assert (labels == expected).mean() >= 0.999
-        assert timings.inference > 0
+        assert timings.inference > 0 and timings.preprocess == timings.postprocess == 0.0
+        labels, timings = network_only.segment(rgb)
+        assert (labels == expected).mean() >= 0.999 and timings.preprocess > 0 and timings.postprocess > 0
         x = torch.randn(1, 3, *SIZE)
         max_diff = max(max_diff, (seg.backend.forward(x) - ref.backend.forward(x)).abs().max().item())
     assert max_diff < 1e-3, f"max logit difference {max_diff}"
@@ -156,7 +160,8 @@ def test_metadata_round_trip(package_dir, checkpoint):
     assert pkg.input_size == SIZE and meta["accuracy"] == {"miou": 0.5}
     (lib,) = pkg.libraries
     assert lib["tvm"] == tvm.__version__ and lib["target"]["kind"] == "llvm" and lib["tuning"]["trials"] == 0
-    assert set(meta["files"]) == {"checkpoint.pt", "params.npz", "model.onnx", lib["file"]}
+    assert lib["frame"] == "labels" and meta["onnx"]["frame_file"] == "labels.onnx"
+    assert set(meta["files"]) == {"checkpoint.pt", "params.npz", "model.onnx", "labels.onnx", lib["file"]}
     seg = Segmenter(package_dir, backend="torch")
     assert seg.class_names == CLASSES and seg.palette == PALETTE and seg.genotype == ckpt["genotype"]
     assert not any(k.startswith("boost.") for k in torch.load(package_dir / "checkpoint.pt", weights_only=True)["model"])
@@ -272,10 +277,17 @@ def test_bench_times_every_row_in_blocks_and_records_per_device(package_copy, ca
     sweep = lambda n: [b for b in ("tvm", "onnxruntime", "torch") for _ in range(1 + n)]
     assert calls == ["tvm", "onnxruntime", "torch"] + sweep(3) + sweep(2)
     monkeypatch.undo()
+    assert [r.label for r in rows] == ["TVM untuned, whole frame", "ONNX Runtime, whole frame", "PyTorch eager"]
     assert main(["bench", str(package_copy), "--runs", "2", "--block", "1", "--backends", "onnxruntime", "--threads", "1", "--record"]) == 0
-    assert "ONNX Runtime" in capsys.readouterr().out
+    assert "ONNX Runtime, whole frame" in capsys.readouterr().out
     recorded = ModelPackage.load(package_copy).recorded_latency(device_fingerprint("onnxruntime", threads=1), f"{SIZE[0]}x{SIZE[1]}")
     assert recorded["runs"] == 2 and recorded["median_ms"] > 0
+    assert main(["bench", str(package_copy), "--runs", "2", "--backends", "tvm", "--threads", "1", "--network-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| TVM untuned |" in out and "whole frame" not in out
+    # the runtime runs the whole frame, so a network-only time would be recorded under the wrong name
+    assert main(["bench", str(package_copy), "--runs", "2", "--network-only", "--record"]) == 2
+    assert "drop --network-only" in capsys.readouterr().err
 
 
 def test_cli_reports_an_unusable_package_as_an_error(package_copy, capsys):
@@ -395,10 +407,11 @@ def test_agreement_with_torch_on_frames_of_a_data_set(package_dir, camvid_fixtur
 
     assert main(["agree", str(package_dir), "--data-root", str(camvid_fixture), "--split", "val", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| tvm") or line.startswith("| onnxruntime")]
-    assert len(rows) == 2
-    for row in rows:
-        assert int(row[2]) == 3 and float(row[3].strip(" %")) >= 99.9 and float(row[4]) < 1e-3
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith(("| tvm", "| onnxruntime"))}
+    assert set(rows) == {"tvm", "onnxruntime", "tvm whole frame", "onnxruntime whole frame"}
+    for name, (frames, identical, logits) in rows.items():
+        assert int(frames) == 3 and float(identical.strip(" %")) >= 99.9
+        assert logits.strip() == "(labels only)" if "whole frame" in name else float(logits) < 1e-3
 
 
 def test_kernel_profile_covers_every_convolution_and_adds_up_to_the_frame(package_dir, capsys):
@@ -424,3 +437,68 @@ def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():
     before = os.sched_getaffinity(0)
     set_threads(1)
     assert os.sched_getaffinity(0) == before  # threads started later (torch, ORT, DDS) may use every core
+
+
+# TVM's thread pool is sized once per process, so each case runs in a fresh one
+THREADS_CHILD = """
+import json, sys, warnings
+import tvm
+from hmseg_core.deploy.tvm_backend import use_tvm_threads
+pool = tvm.get_global_func("runtime.NumThreads")
+if sys.argv[1] == "started":
+    pool()  # TVM ran before: the pool exists with the environment's count
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    used = use_tvm_threads(int(sys.argv[2]))
+print(json.dumps({"used": used, "pool": pool(), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _tvm_child(code, *args, **env):
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env={**clean, **env}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_tvm_runs_on_the_requested_threads_not_its_default_of_half_the_cpus():
+    fresh = _tvm_child(THREADS_CHILD, "fresh", 2)
+    assert fresh == {"used": 2, "pool": 2, "warnings": []}  # TVM alone would start 1 on a 2- or 3-CPU x86 machine
+    lowered = _tvm_child(THREADS_CHILD, "started", 2, TVM_NUM_THREADS="3")
+    assert lowered == {"used": 2, "pool": 2, "warnings": []}
+
+
+def test_a_pool_started_with_fewer_threads_is_reported_with_the_fix():
+    child = _tvm_child(THREADS_CHILD, "started", 2, TVM_NUM_THREADS="1")
+    assert child["used"] == child["pool"] == 1
+    assert len(child["warnings"]) == 1 and "TVM_NUM_THREADS=2" in child["warnings"][0]
+
+
+def test_tvm_backend_uses_torchs_thread_count(package_dir):
+    code = """
+import json, sys, torch, tvm
+from hmseg_core.runtime import Segmenter
+torch.set_num_threads(int(sys.argv[2]))
+seg = Segmenter(sys.argv[1], backend="tvm")
+print(json.dumps({"backend": seg.backend.threads, "pool": tvm.get_global_func("runtime.NumThreads")()}))
+"""
+    assert _tvm_child(code, package_dir, 2) == {"backend": 2, "pool": 2}
+
+
+def test_tuning_times_candidates_on_the_targets_thread_count():
+    import os
+    import subprocess
+    import sys
+
+    from hmseg_core.deploy.tuning import _measuring_threads
+
+    os.environ.pop("TVM_NUM_THREADS", None)
+    probe = [sys.executable, "-c", "import tvm; print(tvm.get_global_func('runtime.NumThreads')())"]
+    with _measuring_threads(2):  # MetaSchedule's measuring workers are started in here
+        started_inside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    assert started_inside == "2"
+    assert "TVM_NUM_THREADS" not in os.environ  # the caller's environment is left as it was

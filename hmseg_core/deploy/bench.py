@@ -11,7 +11,7 @@ Runtime against 23 ms on its own).
 
 from __future__ import annotations
 
-import os
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..runtime import Segmenter, device_fingerprint
-from .package import ModelPackage
+from .package import ModelPackage, PackageError
 
 
 TORCH_COMPILE = "torch.compile"  # bench only: the package's checkpoint through torch.compile (inductor)
@@ -48,33 +48,24 @@ class BenchRow:
 
 
 def set_threads(threads: int) -> None:
-    """One thread count for every runtime in this process (torch, ONNX Runtime sessions made later, TVM).
-
-    TVM's ``runtime.config_threadpool`` pins the calling thread to one core (it counts it as
-    worker 0). Every thread started from it afterwards inherits that pin: PyTorch's OpenMP
-    pool, ONNX Runtime's workers, DDS threads. Two spinning OpenMP threads on one core made
-    PyTorch eager 70x slower here, so the calling thread's affinity is restored at once."""
+    """One thread count for every runtime in this process: torch, ONNX Runtime sessions made later, TVM."""
     torch.set_num_threads(threads)
     try:
-        import tvm
-    except ImportError:
-        return  # no TVM here: only the other backends run
-    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    try:
-        tvm.get_global_func("runtime.config_threadpool")(0, threads)
-    except (ValueError, AttributeError):
-        pass
-    finally:
-        if saved is not None:
-            os.sched_setaffinity(0, saved)
+        from .tvm_backend import use_tvm_threads
+
+        use_tvm_threads(threads)
+    except PackageError:
+        pass  # no TVM here: only the other backends run
 
 
-def _label(seg: Segmenter) -> str:
+def _label(seg: Segmenter, size: Tuple[int, int]) -> str:
     if seg.backend_name == "tvm":
         t = seg.backend.library.get("tuning", {})
         tuned = t.get("tasks_tuned", 0) + t.get("tasks_reused", 0)
-        return f"TVM tuned ({tuned}/{t.get('tasks')} tasks)" if tuned else "TVM untuned"
-    return {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager", TORCH_COMPILE: "torch.compile"}.get(seg.backend_name, seg.backend_name)
+        label = f"TVM tuned ({tuned}/{t.get('tasks')} tasks)" if tuned else "TVM untuned"
+    else:
+        label = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager", TORCH_COMPILE: "torch.compile"}.get(seg.backend_name, seg.backend_name)
+    return label + (", whole frame" if seg.runs_whole_frame(size) else "")
 
 
 def bench(
@@ -86,10 +77,13 @@ def bench(
     size: Optional[Tuple[int, int]] = None,
     log: Callable[[str], None] = lambda s: None,
     block: int = 10,
+    whole_frame: bool = True,
 ) -> List[BenchRow]:
     """Time every backend of every package on one random image (the package's input size unless ``size``):
     ``warmup`` untimed rounds over all rows, then sweeps of ``block`` timed frames per row (after one
-    untimed frame) until each row has ``runs`` timed frames."""
+    untimed frame) until each row has ``runs`` timed frames. Backends that hold the whole frame run it
+    in one call unless ``whole_frame`` is False (then every row times the network alone between the
+    Segmenter's own pre- and post-processing)."""
     if runs < 1 or block < 1:
         raise ValueError("runs and block must be >= 1")
     set_threads(threads)
@@ -106,12 +100,12 @@ def bench(
                 if (backend, package.metadata["genotype"], h, w) in seen_torch:
                     continue
                 seen_torch.add((backend, package.metadata["genotype"], h, w))
-            seg = Segmenter(pkg, backend="torch" if backend == TORCH_COMPILE else backend)
+            seg = Segmenter(pkg, backend="torch" if backend == TORCH_COMPILE else backend, whole_frame=whole_frame)
             if backend == TORCH_COMPILE:  # inductor compiles on the first (warm-up) call
                 seg.backend.model = torch.compile(seg.backend.model, dynamic=False)
                 seg.backend_name = TORCH_COMPILE
             rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-            rows.append((BenchRow(Path(pkg).name, backend, _label(seg), (h, w), [], []), seg, rgb))
+            rows.append((BenchRow(Path(pkg).name, backend, _label(seg, (h, w)), (h, w), [], []), seg, rgb))
     for _ in range(warmup):
         for _, seg, rgb in rows:
             seg.segment(rgb)
@@ -164,32 +158,48 @@ def agreement(
     package: str | Path, images: Sequence[np.ndarray], backends: Sequence[str] = ("tvm", "onnxruntime"),
     log: Callable[[str], None] = lambda s: None,
 ) -> List[Agreement]:
-    """Labels and logits of each backend against the torch backend of the same package, frame by frame."""
+    """Labels and logits of each backend against the torch backend of the same package, frame by frame.
+
+    A backend that also holds the whole frame gets a second row, ``<backend> whole frame``: its
+    labels for the frame resized to the package's input size against torch's for the same image
+    (the whole-frame call returns no logits)."""
+    from PIL import Image
+
     from ..evaluate import postprocess, preprocess
 
     reference = Segmenter(package, backend="torch")
     others = [Segmenter(package, backend=b) for b in backends]
     size = ModelPackage.load(package).input_size
     rows = [Agreement(b, 0, 0, 0, 0.0) for b in backends]
+    frame_rows = {b: Agreement(f"{b} whole frame", 0, 0, 0, float("nan")) for b, seg in zip(backends, others) if seg.runs_whole_frame(size)}
     with torch.no_grad():
         for i, rgb in enumerate(images):
             x = preprocess(rgb, reference.mean, reference.std, size)
             ref_logits = reference.backend.forward(x)
             ref_labels = postprocess(ref_logits, rgb.shape[:2])
+            small = rgb if rgb.shape[:2] == tuple(size) else np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.BILINEAR))
+            ref_small = reference.segment(small)[0] if frame_rows else None
             for row, seg in zip(rows, others):
                 logits = seg.backend.forward(x)
-                row.frames += 1
-                row.pixels += ref_labels.size
-                row.identical += int((postprocess(logits, rgb.shape[:2]) == ref_labels).sum())
+                _count(row, postprocess(logits, rgb.shape[:2]), ref_labels)
                 row.max_logit_diff = max(row.max_logit_diff, float((logits - ref_logits).abs().max()))
+                if row.backend in frame_rows:
+                    _count(frame_rows[row.backend], seg.segment(small)[0], ref_small)
             if (i + 1) % 10 == 0:
                 log(f"{i + 1}/{len(images)} frames")
-    return rows
+    return rows + list(frame_rows.values())
+
+
+def _count(row: Agreement, labels: np.ndarray, reference: np.ndarray) -> None:
+    row.frames += 1
+    row.pixels += reference.size
+    row.identical += int((labels == reference).sum())
 
 
 def format_agreement(rows: Sequence[Agreement]) -> str:
     lines = ["| backend | frames | identical labels | max logit difference |", "|---|---|---|---|"]
-    lines += [f"| {r.backend} | {r.frames} | {100 * r.identical_fraction:.4f} % | {r.max_logit_diff:.2e} |" for r in rows]
+    lines += [f"| {r.backend} | {r.frames} | {100 * r.identical_fraction:.4f} % | "
+              f"{'(labels only)' if np.isnan(r.max_logit_diff) else f'{r.max_logit_diff:.2e}'} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -203,7 +213,8 @@ class KernelTime:
 
 
 def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
-    """Per-frame time of each kernel the TVM library's ``main`` calls (Relax VM instrument hook).
+    """Per-frame time of each kernel the TVM library runs per frame (Relax VM instrument hook): its
+    whole-frame function where the package has one, else ``main``.
 
     Returns the frame's median wall time in ms and the kernels, slowest first. The hook adds a
     few microseconds per call, so the kernels' sum is slightly above a plain run's time."""
@@ -216,9 +227,15 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
     set_threads(threads)
     backend = TVMBackend(ModelPackage.load(package))
     h, w = backend.input_size
-    x = tvm.runtime.tensor(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), backend.device)
+    rng = np.random.default_rng(0)
+    if backend.frame:
+        image = tvm.runtime.tensor(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8), backend.device)
+        run = functools.partial(backend.vm[backend.frame], image, *backend.frame_params)
+    else:
+        x = tvm.runtime.tensor(rng.random((1, 3, h, w), dtype=np.float32), backend.device)
+        run = functools.partial(backend.vm["main"], x, *backend.params)
     for _ in range(warmup):
-        backend.vm["main"](x, *backend.params)
+        run()
     totals: Dict[str, float] = {}
     calls: Dict[str, int] = {}
     started: Dict[str, float] = {}
@@ -235,7 +252,7 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
     backend.vm.set_instrument(instrument)
     for _ in range(runs):
         t = time.perf_counter()
-        backend.vm["main"](x, *backend.params)
+        run()
         frames.append(1e3 * (time.perf_counter() - t))
     kernels = [KernelTime(n, calls[n] // runs, 1e3 * totals[n] / runs) for n in totals]
     return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)

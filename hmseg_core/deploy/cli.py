@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .package import ModelPackage
     from ..runtime import device_fingerprint
 
+    if args.record and args.network_only:
+        print("error: --record stores what the runtime does, which runs the whole frame; drop --network-only", file=sys.stderr)
+        return 2
     rows = bench(args.packages, args.backends, args.runs, args.warmup, args.threads, args.size,
-                 log=lambda s: print(s, file=sys.stderr, flush=True), block=args.block)
+                 log=lambda s: print(s, file=sys.stderr, flush=True), block=args.block, whole_frame=not args.network_only)
     if args.json:
         print(json.dumps([{"package": r.package, "backend": r.backend, "label": r.label, "size": r.size, **r.stats()} for r in rows], indent=2))
     else:
@@ -64,7 +68,8 @@ def cmd_agree(args: argparse.Namespace) -> int:
     print(format_agreement(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([{**r.__dict__, "identical_fraction": r.identical_fraction} for r in rows], f, indent=2)
+            json.dump([{**r.__dict__, "max_logit_diff": None if math.isnan(r.max_logit_diff) else r.max_logit_diff,
+                        "identical_fraction": r.identical_fraction} for r in rows], f, indent=2)
     return 0
 
 
@@ -104,6 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--block", type=int, default=10, help="back-to-back timed frames per row in each interleaved sweep")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--size", type=cli._size, help="image size HxW (default: each package's input size)")
+    b.add_argument("--network-only", action="store_true",
+                   help="time the network alone between the runtime's own pre- and post-processing, also where the "
+                        "package's TVM library or ONNX model holds the whole frame")
     b.add_argument("--record", action="store_true", help="store the results in each package's metadata under this device")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)

@@ -2,7 +2,12 @@
 
     checkpoint ─ model_from_checkpoint (boosting heads dropped) ─ fold_batchnorm
                ─ torch.export (static input size) ─┬─ from_exported_program ─ tune/apply ─ tvm.compile ─ lib/<target>.so
-                                                   └─ torch.onnx.export ─ model.onnx
+                                                   └─ torch.onnx.export ─ model.onnx, labels.onnx
+
+Each library and the ONNX export carry two functions of the same weights: ``main`` (the
+network: normalised float NCHW in, logits out) and ``labels`` (:class:`FramePath`, the whole
+frame: the camera's RGB uint8 in, class ids out), which the runtime calls when the image
+already has the package's input size.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 
 from ..checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from .fold import fold_batchnorm
-from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, ONNX, PARAMS, ModelPackage, sha256
+from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, FRAME_FUNCTION, ONNX, ONNX_LABELS, PARAMS, ModelPackage, sha256
 from .targets import TargetDict, cpu_features, cross_compiler, resolve_target, target_key
 from .tuning import TuningOptions, tune_and_apply
 
@@ -51,10 +56,39 @@ def deploy_network(ckpt: Dict[str, Any]) -> nn.Module:
     return fold_batchnorm(model.for_inference())
 
 
+class FramePath(nn.Module):
+    """One frame in one graph: RGB uint8 ``(1, H, W, 3)`` -> class ids uint8 ``(1, H, W)``.
+
+    The arithmetic of :func:`hmseg_core.evaluate.preprocess` (divide by 255, subtract the
+    mean, divide by the std) and the first-maximum argmax of :func:`~hmseg_core.evaluate.postprocess`,
+    around the network. Compiled into a package, it lets a runtime take the camera image and
+    return labels with no PyTorch work between frames: PyTorch's OpenMP workers keep spinning
+    after each operation, on the cores the library's own threads need next (mrms_tiny at
+    360x480, tuned TVM: 14.5 ms for the network between PyTorch's pre- and post-processing,
+    9.8 ms for the whole frame in the library; docs/RESULTS.md)."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        # not persistent: exported as constants of the graph, not as weights
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() / 255.0 - self.mean) / self.std
+        return self.net(x.permute(0, 3, 1, 2)).argmax(1).to(torch.uint8)
+
+
 def export_program(net: nn.Module, input_size: Tuple[int, int]) -> torch.export.ExportedProgram:
     example = torch.zeros(1, 3, *input_size)
     with torch.no_grad():
         return torch.export.export(net, (example,))
+
+
+def export_frame_program(frame: FramePath, input_size: Tuple[int, int]) -> torch.export.ExportedProgram:
+    example = torch.zeros(1, *input_size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        return torch.export.export(frame, (example,))
 
 
 def parameter_names(program: torch.export.ExportedProgram) -> List[str]:
@@ -72,6 +106,17 @@ def to_relax(program: torch.export.ExportedProgram):
     mod = from_exported_program(program, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, _ = relax.frontend.detach_params(mod)
     return mod
+
+
+def with_frame_function(mod, frame_program: torch.export.ExportedProgram, names: Sequence[str]):
+    """``mod`` (the network's ``main``) plus the whole-frame function, which takes the same weights in the same order."""
+    frame_names = parameter_names(frame_program)
+    if frame_names != [f"net.{n}" for n in names]:
+        raise RuntimeError("the whole-frame graph's weights are not the network's, in its order: "
+                           f"{frame_names[:3]}... against {list(names[:3])}...")
+    combined = mod.clone()
+    combined[FRAME_FUNCTION] = to_relax(frame_program)["main"].with_attr("global_symbol", FRAME_FUNCTION)
+    return combined
 
 
 def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptions, log: Log = _stderr) -> Dict[str, Any]:
@@ -99,17 +144,23 @@ def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptio
         "tvm": tvm.__version__,
         "layout": tuning.layout,
         "tuning": report.as_dict(),
+        "frame": FRAME_FUNCTION if FRAME_FUNCTION in [gv.name_hint for gv in mod.functions] else None,
     }
 
 
-def export_onnx(net: nn.Module, input_size: Tuple[int, int], out_path: Path) -> Dict[str, Any]:
-    example = torch.zeros(1, 3, *input_size)
+def _onnx(net: nn.Module, example: torch.Tensor, out_path: Path, output: str) -> None:
     with torch.no_grad():
         torch.onnx.export(
-            net, (example,), str(out_path), input_names=["image"], output_names=["logits"],
+            net, (example,), str(out_path), input_names=["image"], output_names=[output],
             opset_version=ONNX_OPSET, dynamo=True, external_data=False,
         )
-    return {"file": out_path.name, "opset": ONNX_OPSET, "torch": torch.__version__}
+
+
+def export_onnx(net: nn.Module, frame: FramePath, input_size: Tuple[int, int], out_dir: Path) -> Dict[str, Any]:
+    """``model.onnx`` (the network) and ``labels.onnx`` (the whole frame, :class:`FramePath`)."""
+    _onnx(net, torch.zeros(1, 3, *input_size), out_dir / ONNX, "logits")
+    _onnx(frame, torch.zeros(1, *input_size, 3, dtype=torch.uint8), out_dir / ONNX_LABELS, "labels")
+    return {"file": ONNX, "frame_file": ONNX_LABELS, "opset": ONNX_OPSET, "torch": torch.__version__}
 
 
 def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, options: ExportOptions, log: Log = _stderr) -> ModelPackage:
@@ -161,8 +212,9 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     package.add_file(CHECKPOINT)
     package.add_file(PARAMS)
 
+    frame = FramePath(net, ckpt["mean"], ckpt["std"]).eval()
     if options.targets:
-        mod = to_relax(program)
+        mod = with_frame_function(to_relax(program), export_frame_program(frame, (h, w)), names)
         for spec in options.targets:
             target = resolve_target(spec)
             name = f"lib/{target_key(target)}.so"
@@ -172,8 +224,9 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
             package.add_file(name)
     if options.onnx:
         log("exporting ONNX")
-        meta["onnx"] = export_onnx(net, (h, w), out / ONNX)
+        meta["onnx"] = export_onnx(net, frame, (h, w), out)
         package.add_file(ONNX)
+        package.add_file(ONNX_LABELS)
     package.save_metadata()
     log(package.describe())
     return package

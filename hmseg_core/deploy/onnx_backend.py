@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..model import resize_to
@@ -30,12 +31,24 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else []
         providers = [p for p in providers if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise PackageError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); export the package again") from None
+        self.session = self._session(ort, path, options, providers)
         self.input_name = self.session.get_inputs()[0].name
         self.input_size = package.input_size
+        frame = package.onnx.get("frame_file")  # the whole frame (RGB uint8 in, labels out); absent in older packages
+        self.frame_session = self._session(ort, package.path(frame), options, providers) if frame else None
+        self.frame_size = self.input_size if frame else None
+
+    @staticmethod
+    def _session(ort, path, options, providers):
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise PackageError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); export the package again") from None
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 ``(H, W, 3)`` at :attr:`frame_size` -> class ids uint8 ``(H, W)``: the whole frame in ONNX Runtime."""
+        (labels,) = self.frame_session.run(None, {"image": np.ascontiguousarray(rgb)[None]})
+        return labels[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.input_size:

@@ -9,7 +9,9 @@ Layout::
       checkpoint.pt      the source checkpoint, inference weights only (torch backend)
       params.npz         BN-folded weights in the compiled function's parameter order (TVM)
       model.onnx         the BN-folded network for ONNX Runtime (optional)
-      lib/<target>.so    one compiled TVM library per target
+      labels.onnx        the whole frame, RGB uint8 in, class ids out, for ONNX Runtime (with model.onnx)
+      lib/<target>.so    one compiled TVM library per target: ``main`` (the network) and
+                         ``labels`` (the whole frame), each with its ``*_transform_params``
 
 Every file is listed in ``metadata["files"]`` with its SHA-256, so a truncated or replaced
 file is reported as such before it is loaded.
@@ -33,6 +35,8 @@ METADATA = "metadata.json"
 CHECKPOINT = "checkpoint.pt"
 PARAMS = "params.npz"
 ONNX = "model.onnx"
+ONNX_LABELS = "labels.onnx"
+FRAME_FUNCTION = "labels"  # a library's whole-frame function: RGB uint8 (1, H, W, 3) -> class ids uint8 (1, H, W)
 REQUIRED = ("format", "format_version", "genotype", "class_names", "palette", "mean", "std", "input_size", "files")
 
 

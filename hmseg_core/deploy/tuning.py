@@ -13,6 +13,8 @@ tuning; ``retune=True`` tunes every task again and adds records.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -135,7 +137,35 @@ def _persistent_builder(timeout_s: float, restart_every: int = 25):
     return PersistentBuilder()
 
 
-TRANSFORM_PARAMS = "main_transform_params"
+@contextlib.contextmanager
+def _measuring_threads(threads):
+    """``TVM_NUM_THREADS`` for the processes MetaSchedule starts to time candidates.
+
+    A measuring worker's TVM pool sizes itself from the variable (else from half the logical
+    CPUs on x86-64: one thread on a 2-core CPU), so without it the candidates of a 2-thread
+    schedule are timed on one thread, and tuning ranks them for a machine the network never
+    runs on. The variable is restored afterwards; this process's own pool is not touched."""
+    if not isinstance(threads, int):  # GPU targets: the measuring workers run kernels on the GPU
+        yield
+        return
+    saved = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
+
+
+TRANSFORM_SUFFIX = "_transform_params"
+TRANSFORM_PARAMS = "main" + TRANSFORM_SUFFIX
+
+
+def transform_params(function: str) -> str:
+    """The once-per-load weight transform ``LiftTransformParams`` makes for ``function``."""
+    return function + TRANSFORM_SUFFIX
 
 
 def _clip_as_min_max(mod):
@@ -167,7 +197,8 @@ def _clip_as_min_max(mod):
 
 
 def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):
-    """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused.
+    """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused
+    (likewise for every other function of ``mod`` that takes the weights, such as a package's whole-frame function).
 
     With ``layout="NHWC"`` the convolutions (and the element-wise work between them) run
     channels-last: the input and output keep the exported NCHW, one transpose each, and the
@@ -193,12 +224,14 @@ def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):
 
 
 def per_frame_module(mod):
-    """``mod`` without the once-per-load weight transform: the kernels worth tuning."""
+    """``mod`` without the once-per-load weight transforms: the kernels worth tuning (those of
+    ``main`` and, in a package library, of the whole-frame function)."""
     import tvm
     from tvm import relax
 
-    kept = {gv: f for gv, f in mod.functions.items() if gv.name_hint != TRANSFORM_PARAMS}
-    return relax.transform.DeadCodeElimination(["main"])(tvm.IRModule(kept, attrs=mod.attrs))
+    kept = {gv: f for gv, f in mod.functions.items() if not gv.name_hint.endswith(TRANSFORM_SUFFIX)}
+    entries = [gv.name_hint for gv, f in kept.items() if isinstance(f, relax.Function)]
+    return relax.transform.DeadCodeElimination(entries)(tvm.IRModule(kept, attrs=mod.attrs))
 
 
 def extract_tasks(mod, target: TargetDict):
@@ -238,24 +271,23 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
     trials = 0
     if options.trials > 0 and todo:
         log(f"tuning {len(todo)} of {len(tasks)} tasks ({reused} reused from {work_dir}), budget {options.trials} trials")
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, str(work_dir), num_threads=int(target.get("num-cores", 1)) if target.get("kind") == "llvm" else "physical",
-            seed=options.seed,
-        )
+        threads = int(target.get("num-cores", 1)) if target.get("kind") == "llvm" else "physical"
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir), num_threads=threads, seed=options.seed)
         progress = _progress_callback(options.trials, log)
         builder = _persistent_builder(options.builder_timeout_s)
         try:
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=str(work_dir),
-                max_trials_global=options.trials,
-                max_trials_per_task=min(options.trials_per_task, options.trials),
-                num_trials_per_iter=trials_per_round(options, len(todo)),
-                builder=builder,
-                database=database,
-                measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
-            )
+            with _measuring_threads(threads):
+                ms.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=str(work_dir),
+                    max_trials_global=options.trials,
+                    max_trials_per_task=min(options.trials_per_task, options.trials),
+                    num_trials_per_iter=trials_per_round(options, len(todo)),
+                    builder=builder,
+                    database=database,
+                    measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
+                )
         finally:
             builder.close()
         trials = progress.done

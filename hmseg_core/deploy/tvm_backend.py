@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from importlib import metadata as _metadata
 from typing import Any, Dict, List
 
@@ -11,7 +13,7 @@ import torch
 from ..model import resize_to
 from .package import ModelPackage, PackageError
 from .targets import cpu_features, host_arch, host_target, target_arch
-from .tuning import TRANSFORM_PARAMS
+from .tuning import TRANSFORM_PARAMS, transform_params
 
 
 def _installed_tvm() -> str:
@@ -20,6 +22,43 @@ def _installed_tvm() -> str:
     except ImportError as e:
         raise PackageError(f"the tvm backend needs TVM: pip install 'hmseg[tvm]' ({e})") from None
     return tvm.__version__
+
+
+def use_tvm_threads(threads: int) -> int:
+    """Run TVM's CPU kernels on ``threads`` threads; returns the count TVM's pool now uses.
+
+    TVM sizes its thread pool once, when the pool starts, from ``TVM_NUM_THREADS`` (else
+    ``OMP_NUM_THREADS``, else half the logical CPUs on x86-64, to "ignore hyper-threading"). On a
+    2-core CPU without hyper-threads that default is one thread: every kernel ran on one core
+    while ONNX Runtime and PyTorch used both (mrms_tiny at 360x480, tuned: 15.4 ms against 9.4 ms
+    on two threads, docs/RESULTS.md). ``runtime.config_threadpool`` lowers the count of a running
+    pool but cannot raise it above the pool's size, so the variable is set before the pool starts
+    (it also reaches the processes started from here: MetaSchedule's measuring workers).
+    Starting the pool, and ``config_threadpool``, pin the calling thread to one core, and every
+    thread started from it afterwards (PyTorch's OpenMP pool, ONNX Runtime's, DDS threads) would
+    inherit that pin, so the caller's affinity is restored at once."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    _installed_tvm()
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    pool_threads = tvm.get_global_func("runtime.NumThreads")
+    try:
+        if pool_threads() != threads:  # the first call starts the pool, if it has not started
+            tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
+    used = int(pool_threads())
+    if used < threads:
+        warnings.warn(
+            f"TVM's thread pool started earlier in this process with {used} thread(s) and cannot grow to {threads}; "
+            f"set TVM_NUM_THREADS={threads} in the environment before starting the program",
+            RuntimeWarning, stacklevel=2,
+        )
+    return used
 
 
 def select_library(package: ModelPackage, device: str) -> Dict[str, Any]:
@@ -52,12 +91,13 @@ class TVMBackend:
     """TVM Relax VM over ``lib/<target>.so`` with the folded weights from ``params.npz``.
 
     The library is compiled for one input size; other sizes are resized to it (the
-    Segmenter resizes the logits back to the image's size).
+    Segmenter resizes the logits back to the image's size). An image of that size goes through
+    the library's whole-frame function (:meth:`labels`) when the package has one.
     """
 
     name = "tvm"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu") -> None:
+    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int = 0) -> None:
         installed = _installed_tvm()
         lib = select_library(package, device)
         if lib.get("tvm") != installed:
@@ -74,6 +114,7 @@ class TVMBackend:
         except Exception as e:  # the loader raises several types for unloadable shared objects
             raise PackageError(f"{path}: cannot be loaded ({type(e).__name__}: {e}); export the package again") from None
         self.device = tvm.cuda(0) if device.startswith("cuda") else tvm.cpu(0)
+        self.threads = None if device.startswith("cuda") else use_tvm_threads(threads or torch.get_num_threads())
         self.vm = relax.VirtualMachine(module, self.device)
         self.input_size = package.input_size
         self.library = lib
@@ -85,6 +126,16 @@ class TVMBackend:
             weights = [tvm.runtime.tensor(arrays[f"p{i:04d}"], self.device) for i in range(len(names))]
         # once per load: bias reshapes and other weight-only work compiled into the library
         self.params = list(self.vm[TRANSFORM_PARAMS](weights))
+        self.frame = lib.get("frame")  # None in packages exported before libraries had it
+        self.frame_params = list(self.vm[transform_params(self.frame)](weights)) if self.frame else None
+        self.frame_size = self.input_size if self.frame else None
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 ``(H, W, 3)`` at :attr:`frame_size` -> class ids uint8 ``(H, W)``: the whole frame in the library."""
+        import tvm
+
+        data = tvm.runtime.tensor(np.ascontiguousarray(rgb)[None], self.device)
+        return self.vm[self.frame](data, *self.frame_params).numpy()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.input_size:

@@ -55,7 +55,7 @@ FORMAT = "hmseg-latency-table"
 VERSION = 1
 METRICS = ("latency_ms", "macs", "params")
 #: Fingerprint fields that must match for a latency table to be valid on this device.
-IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads", "allocator")
+IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads", "allocator", "tvm_threads")
 
 Shape = Tuple[int, int, int]  # (C, H, W), batch 1
 

@@ -48,9 +48,11 @@ class TVMBackend:
         if self.target.get("kind") != "llvm":
             raise ValueError(f"the tvm latency backend measures on this machine's CPU; target {target_key(self.target)} is not llvm")
         self.tuning = tuning or TuningOptions()
-        from ..deploy.bench import set_threads
+        from ..deploy.tvm_backend import use_tvm_threads
 
-        set_threads(self.threads)
+        torch.set_num_threads(self.threads)
+        # what TVM's pool really runs (identity: tables from before the pool was sized ran on one thread)
+        self.tvm_threads = use_tvm_threads(self.threads)
 
     def fingerprint(self) -> Dict[str, Any]:
         import tvm
@@ -61,6 +63,7 @@ class TVMBackend:
             "cpu": cpu_model(),
             "cores": _cores(),
             "threads": self.threads,
+            "tvm_threads": self.tvm_threads,
             "allocator": allocator(),
             "versions": {"tvm": tvm.__version__, "torch": torch.__version__, "python": platform.python_version()},
             "tuning": {"trials_per_part": self.tuning.trials, "records": str(self.tuning.db_root) if self.tuning.db_root else None},

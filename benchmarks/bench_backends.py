@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch", "torch.compile"])
+    p.add_argument("--network-only", action="store_true", help="time the network alone, not the whole frame (see docs/DEPLOY.md)")
     args = p.parse_args(argv)
     given = dict(c.split("=", 1) for c in args.checkpoint)
     packages = []
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
                     tuning = TuningOptions(trials=args.trials if tuned else 0, db_root=args.tuning_db if tuned else None, layout=args.layout)
                     export_package(ckpt, out, ExportOptions(input_size=(h, w), onnx=not tuned, tuning=tuning, overwrite=True))
                 packages.append(out)
-    rows = bench(packages, backends=args.backends, runs=args.runs, threads=args.threads, log=lambda s: print(s, file=sys.stderr))
+    rows = bench(packages, backends=args.backends, runs=args.runs, threads=args.threads, log=lambda s: print(s, file=sys.stderr),
+                 whole_frame=not args.network_only)
     print(format_table(rows, args.threads))
     return 0
 

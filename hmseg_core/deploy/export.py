@@ -64,8 +64,8 @@ class FramePath(nn.Module):
     around the network. Compiled into a package, it lets a runtime take the camera image and
     return labels with no PyTorch work between frames: PyTorch's OpenMP workers keep spinning
     after each operation, on the cores the library's own threads need next (mrms_tiny at
-    360x480, tuned TVM: 14.5 ms for the network between PyTorch's pre- and post-processing,
-    9.8 ms for the whole frame in the library; docs/RESULTS.md)."""
+    360x480, tuned TVM on 2 threads: 15.1 ms for the network between PyTorch's pre- and
+    post-processing, 10.6 ms for the whole frame in the library; docs/RESULTS.md)."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -30,7 +30,7 @@ def use_tvm_threads(threads: int) -> int:
     TVM sizes its thread pool once, when the pool starts, from ``TVM_NUM_THREADS`` (else
     ``OMP_NUM_THREADS``, else half the logical CPUs on x86-64, to "ignore hyper-threading"). On a
     2-core CPU without hyper-threads that default is one thread: every kernel ran on one core
-    while ONNX Runtime and PyTorch used both (mrms_tiny at 360x480, tuned: 15.4 ms against 9.4 ms
+    while ONNX Runtime and PyTorch used both (mrms_tiny at 360x480, tuned: 16.0 ms against 10.0 ms
     on two threads, docs/RESULTS.md). ``runtime.config_threadpool`` lowers the count of a running
     pool but cannot raise it above the pool's size, so the variable is set before the pool starts
     (it also reaches the processes started from here: MetaSchedule's measuring workers).

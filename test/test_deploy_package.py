@@ -104,8 +104,10 @@ def test_backend_labels_equal_torch(package_dir, backend):
         assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
         assert (labels == expected).mean() >= 0.999
         assert timings.inference > 0 and timings.preprocess == timings.postprocess == 0.0
+        whole = labels
         labels, timings = network_only.segment(rgb)
         assert (labels == expected).mean() >= 0.999 and timings.preprocess > 0 and timings.postprocess > 0
+        assert np.array_equal(whole, labels)  # the same arithmetic, in the graph or around it
         x = torch.randn(1, 3, *SIZE)
         max_diff = max(max_diff, (seg.backend.forward(x) - ref.backend.forward(x)).abs().max().item())
     assert max_diff < 1e-3, f"max logit difference {max_diff}"
@@ -133,6 +135,22 @@ def test_channels_last_library_labels_equal_torch_and_leaves_the_exported_module
         assert (seg(rgb) == ref(rgb)).mean() >= 0.999
     x = torch.randn(1, 3, *SIZE)
     assert (seg.backend.forward(x) - ref.backend.forward(x)).abs().max().item() < 1e-3
+
+
+def test_whole_frame_upsamples_inside_the_argmax(checkpoint):
+    from hmseg_core.deploy.export import FramePath, deploy_network, export_frame_program, export_program, parameter_names, to_relax, with_frame_function
+    from hmseg_core.deploy.targets import host_target
+    from hmseg_core.deploy.tuning import lower, per_frame_module
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    net = deploy_network(ckpt)
+    program = export_program(net, SIZE)
+    frame = export_frame_program(FramePath(net, ckpt["mean"], ckpt["std"]).eval(), SIZE)
+    lowered = per_frame_module(lower(with_frame_function(to_relax(program), frame, parameter_names(program)), host_target()))
+    kernels = {gv.name_hint for gv in lowered.functions}
+    # one kernel interpolates and reduces; no full-size class scores are written for the frame
+    assert "upsample_argmax" in kernels and not any("argmax" in k and k != "upsample_argmax" for k in kernels)
+    assert "upsample_argmax" in lowered["labels"].script() and "upsample_argmax" not in lowered["main"].script()
 
 
 def test_unknown_layout_is_refused():
@@ -489,14 +507,14 @@ print(json.dumps({"backend": seg.backend.threads, "pool": tvm.get_global_func("r
     assert _tvm_child(code, package_dir, 2) == {"backend": 2, "pool": 2}
 
 
-def test_tuning_times_candidates_on_the_targets_thread_count():
+def test_tuning_times_candidates_on_the_targets_thread_count(monkeypatch):
     import os
     import subprocess
     import sys
 
     from hmseg_core.deploy.tuning import _measuring_threads
 
-    os.environ.pop("TVM_NUM_THREADS", None)
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
     probe = [sys.executable, "-c", "import tvm; print(tvm.get_global_func('runtime.NumThreads')())"]
     with _measuring_threads(2):  # MetaSchedule's measuring workers are started in here
         started_inside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()

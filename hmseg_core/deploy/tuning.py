@@ -196,6 +196,64 @@ def _clip_as_min_max(mod):
     return mod
 
 
+def _is_op(expr, name: str) -> bool:
+    import tvm
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _upsampling_into_argmax(mod):
+    """``astype(argmax(resize2d(logits)))`` -> one kernel: each pixel's class scores are
+    interpolated and reduced where they are computed.
+
+    The whole-frame function ends by upsampling the logits to the input size and taking the
+    argmax over the classes. Fused by operator pattern, these stay two kernels (an injective
+    operator does not fuse into a reduction): the first writes every class score at full size
+    (7.6 MB for 11 x 360 x 480) for the second to read back, and was the slowest kernel of the
+    tuned ``mrms_tiny`` frame (11 %) with a design space MetaSchedule exhausted in 2 candidates.
+    The fused kernel is built from the very TOPI computations the two operators legalize to,
+    so its arithmetic is theirs; tuning inlines the interpolation into the reduction."""
+    import tvm
+    from tvm import relax, topi
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def upsample_argmax(x, size, resize, axis, keepdims, dtype):
+        scores = topi.image.resize2d(
+            x, roi=resize.roi, size=size, layout=resize.layout, method=resize.method,
+            coordinate_transformation_mode=resize.coordinate_transformation_mode,
+            rounding_method=resize.rounding_method, bicubic_alpha=resize.cubic_alpha,
+            bicubic_exclude=resize.cubic_exclude, extrapolation_value=resize.extrapolation_value,
+        )
+        return topi.cast(topi.argmax(scores, axis, keepdims), dtype)
+
+    @mutator
+    class Rewrite(PyExprMutator):
+        def bound(self, expr, name):
+            value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+            return value if _is_op(value, name) else None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not _is_op(call, "relax.astype"):
+                return call
+            argmax = self.bound(call.args[0], "relax.argmax")
+            resize = None if argmax is None else self.bound(argmax.args[0], "relax.image.resize2d")
+            if resize is None:
+                return call
+            return self.builder_.call_te(
+                upsample_argmax, resize.args[0], resize.args[1], resize.attrs,
+                argmax.attrs.axis, argmax.attrs.keepdims, call.attrs.dtype, primfunc_name_hint="upsample_argmax",
+            )
+
+    rewrite = Rewrite(tvm.IRModule(dict(mod.functions), attrs=mod.attrs))  # the caller's module stays as it is
+    functions = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+    for gv, func in functions:
+        rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+    # the module with the new kernels; the argmax and the upsampling it replaced are left unused
+    return relax.transform.DeadCodeElimination([gv.name_hint for gv, _ in functions])(rewrite.builder_.finalize())
+
+
 def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):
     """Relax ``main(x, *weights)`` -> ``main_transform_params(weights)`` + ``main(x, *transformed)``, legalized and fused
     (likewise for every other function of ``mod`` that takes the weights, such as a package's whole-frame function).
@@ -211,6 +269,7 @@ def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):
     if layout != "NCHW":  # the exported layout
         mod = _clip_as_min_max(mod)
         convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, LAYOUTS[layout]]}), relax.transform.Normalize()]
+    mod = _upsampling_into_argmax(mod)
     with tvm.target.Target(target):
         return tvm.transform.Sequential(
             [

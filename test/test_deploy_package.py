@@ -148,9 +148,38 @@ def test_whole_frame_upsamples_inside_the_argmax(checkpoint):
     frame = export_frame_program(FramePath(net, ckpt["mean"], ckpt["std"]).eval(), SIZE)
     lowered = per_frame_module(lower(with_frame_function(to_relax(program), frame, parameter_names(program)), host_target()))
     kernels = {gv.name_hint for gv in lowered.functions}
-    # one kernel interpolates and reduces; no full-size class scores are written for the frame
-    assert "upsample_argmax" in kernels and not any("argmax" in k and k != "upsample_argmax" for k in kernels)
+    # the width pass at the logits' height, then one kernel blends rows and reduces: no full-size class scores
+    assert {"upsample_rows", "upsample_argmax"} <= kernels and not any("argmax" in k and k != "upsample_argmax" for k in kernels)
     assert "upsample_argmax" in lowered["labels"].script() and "upsample_argmax" not in lowered["main"].script()
+
+
+@pytest.mark.parametrize("mode, align_corners, kernels", [
+    ("bilinear", False, {"upsample_rows", "upsample_argmax"}),  # half_pixel: separable
+    ("bilinear", True, {"upsample_rows", "upsample_argmax"}),  # align_corners: separable
+    ("nearest", None, {"upsample_argmax"}),  # TOPI's interpolation inlined into the argmax
+])
+def test_upsampling_into_argmax_gives_the_labels_of_the_two_operators(mode, align_corners, kernels):
+    import tvm
+    from tvm import relax
+
+    from hmseg_core.deploy.export import to_relax
+    from hmseg_core.deploy.targets import host_target
+    from hmseg_core.deploy.tuning import lower, per_frame_module
+
+    class Head(nn.Module):
+        def forward(self, logits):
+            up = nn.functional.interpolate(logits, size=(24, 40), mode=mode, align_corners=align_corners)
+            return up.argmax(1).to(torch.uint8)
+
+    logits = torch.randn(1, 5, 6, 10)
+    with torch.no_grad():
+        program = torch.export.export(Head(), (logits,))
+    lowered = lower(to_relax(program), host_target())
+    assert kernels <= {gv.name_hint for gv in per_frame_module(lowered).functions}
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm.target.Target(host_target())), tvm.cpu(0))
+    labels = vm["main"](tvm.runtime.tensor(logits.numpy())).numpy()
+    expected = Head()(logits).numpy()
+    assert labels.dtype == np.uint8 and (labels == expected).mean() >= 0.999
 
 
 def test_unknown_layout_is_refused():

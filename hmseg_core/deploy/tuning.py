@@ -203,20 +203,58 @@ def _is_op(expr, name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
+# bilinear coordinate modes whose TOPI computation needs neither the ROI nor integer division
+SEPARABLE_MODES = ("half_pixel", "align_corners", "pytorch_half_pixel")
+
+
 def _upsampling_into_argmax(mod):
-    """``astype(argmax(resize2d(logits)))`` -> one kernel: each pixel's class scores are
-    interpolated and reduced where they are computed.
+    """``astype(argmax(resize2d(logits)))`` -> kernels that interpolate each pixel's class
+    scores where they are reduced.
 
     The whole-frame function ends by upsampling the logits to the input size and taking the
     argmax over the classes. Fused by operator pattern, these stay two kernels (an injective
     operator does not fuse into a reduction): the first writes every class score at full size
     (7.6 MB for 11 x 360 x 480) for the second to read back, and was the slowest kernel of the
     tuned ``mrms_tiny`` frame (11 %) with a design space MetaSchedule exhausted in 2 candidates.
-    The fused kernel is built from the very TOPI computations the two operators legalize to,
-    so its arithmetic is theirs; tuning inlines the interpolation into the reduction."""
+    The replacement is built from the TOPI computations the two operators legalize to, so its
+    arithmetic is theirs.
+
+    Bilinear upsampling is separable, and TOPI interpolates along the width first: it blends
+    two input rows that were each blended along the width. For the usual NCHW bilinear modes
+    the width pass runs as a kernel of its own at the input's height (11 x 45 x 480 for a
+    360 x 480 frame), and the argmax kernel blends two of its rows per class score: two
+    contiguous loads instead of four gathers, the same operations in the same order. Other
+    modes get one kernel, TOPI's interpolation inlined into its argmax."""
     import tvm
-    from tvm import relax, topi
+    from tvm import relax, te, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
+    from tvm.topi.image.resize import _lerp, get_2d_pixel, get_inx
+
+    def lerp_weight(out_index, in_size, out_size, mode):
+        position = get_inx(out_index, in_size, out_size, mode)
+        below = te.floor(position).astype("int32")
+        return below, position - below
+
+    def upsample_rows(x, size, mode):
+        n, c, h, w = x.shape
+
+        def blend(b, k, row, col):
+            left, t = lerp_weight(col, w, size[1], mode)
+            pixel = lambda i: get_2d_pixel(x, "NCHW", h, w, b, k, row, i, None, 0, 0)
+            return _lerp(pixel(left), pixel(left + 1), t)
+
+        return te.compute((n, c, h, size[1]), blend, name="upsample_rows")
+
+    def blend_rows_argmax(rows, size, mode, axis, keepdims, dtype):
+        n, c, h, width = rows.shape
+
+        def blend(b, k, row, col):
+            top, t = lerp_weight(row, h, size[0], mode)
+            pixel = lambda j: get_2d_pixel(rows, "NCHW", h, width, b, k, j, col, None, 0, 0)
+            return _lerp(pixel(top), pixel(top + 1), t)
+
+        scores = te.compute((n, c, size[0], width), blend, name="upsample_cols")
+        return topi.cast(topi.argmax(scores, axis, keepdims), dtype)
 
     def upsample_argmax(x, size, resize, axis, keepdims, dtype):
         scores = topi.image.resize2d(
@@ -241,10 +279,13 @@ def _upsampling_into_argmax(mod):
             resize = None if argmax is None else self.bound(argmax.args[0], "relax.image.resize2d")
             if resize is None:
                 return call
-            return self.builder_.call_te(
-                upsample_argmax, resize.args[0], resize.args[1], resize.attrs,
-                argmax.attrs.axis, argmax.attrs.keepdims, call.attrs.dtype, primfunc_name_hint="upsample_argmax",
-            )
+            x, size, attrs = resize.args[0], resize.args[1], resize.attrs
+            reduce = (argmax.attrs.axis, argmax.attrs.keepdims, call.attrs.dtype)
+            if not (attrs.layout == "NCHW" and attrs.method == "linear" and attrs.coordinate_transformation_mode in SEPARABLE_MODES):
+                return self.builder_.call_te(upsample_argmax, x, size, attrs, *reduce, primfunc_name_hint="upsample_argmax")
+            mode = attrs.coordinate_transformation_mode
+            rows = self.builder_.emit(self.builder_.call_te(upsample_rows, x, size, mode, primfunc_name_hint="upsample_rows"))
+            return self.builder_.call_te(blend_rows_argmax, rows, size, mode, *reduce, primfunc_name_hint="upsample_argmax")
 
     rewrite = Rewrite(tvm.IRModule(dict(mod.functions), attrs=mod.attrs))  # the caller's module stays as it is
     functions = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]

@@ -47,15 +47,16 @@ class BenchRow:
         }
 
 
-def set_threads(threads: int) -> None:
-    """One thread count for every runtime in this process: torch, ONNX Runtime sessions made later, TVM."""
+def set_threads(threads: int) -> Optional[int]:
+    """One thread count for every runtime in this process: torch, ONNX Runtime sessions made later, TVM.
+    Returns the threads TVM's pool runs (see :func:`~hmseg_core.deploy.tvm_backend.use_tvm_threads`), None without TVM."""
     torch.set_num_threads(threads)
     try:
         from .tvm_backend import use_tvm_threads
 
-        use_tvm_threads(threads)
+        return use_tvm_threads(threads)
     except PackageError:
-        pass  # no TVM here: only the other backends run
+        return None  # no TVM here: only the other backends run
 
 
 def _label(seg: Segmenter, size: Tuple[int, int]) -> str:

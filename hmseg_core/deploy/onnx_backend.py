@@ -36,6 +36,7 @@ class OnnxRuntimeBackend:
         self.input_size = package.input_size
         frame = package.onnx.get("frame_file")  # the whole frame (RGB uint8 in, labels out); absent in older packages
         self.frame_session = self._session(ort, package.path(frame), options, providers) if frame else None
+        self.frame_input = self.frame_session.get_inputs()[0].name if frame else None
         self.frame_size = self.input_size if frame else None
 
     @staticmethod
@@ -47,7 +48,7 @@ class OnnxRuntimeBackend:
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
         """RGB uint8 ``(H, W, 3)`` at :attr:`frame_size` -> class ids uint8 ``(H, W)``: the whole frame in ONNX Runtime."""
-        (labels,) = self.frame_session.run(None, {"image": np.ascontiguousarray(rgb)[None]})
+        (labels,) = self.frame_session.run(None, {self.frame_input: np.ascontiguousarray(rgb)[None]})
         return labels[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

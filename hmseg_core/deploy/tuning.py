@@ -168,13 +168,33 @@ def transform_params(function: str) -> str:
     return function + TRANSFORM_SUFFIX
 
 
+def _is_op(expr, name: str) -> bool:
+    import tvm
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _rewrite_functions(mod, mutator_class):
+    """``mod`` with every Relax function passed through ``mutator_class`` (a ``PyExprMutator``);
+    the caller's module stays as it is. Kernels the mutator adds with ``call_te`` come along.
+    Returns the new module and the names of its Relax functions."""
+    import tvm
+    from tvm import relax
+
+    rewrite = mutator_class(tvm.IRModule(dict(mod.functions), attrs=mod.attrs))
+    functions = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+    for gv, func in functions:
+        rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+    return rewrite.builder_.finalize(), [gv.name_hint for gv, _ in functions]
+
+
 def _clip_as_min_max(mod):
     """``clip(x, lo, hi)`` (ReLU6) -> ``minimum(maximum(x, lo), hi)``.
 
     ``ConvertLayout`` has no layout rule for ``clip`` (its bounds are prim values): it would
     put a transpose before and after every ReLU6. The binary ops carry the layout through, and
     legalization fuses them into the convolution's epilogue exactly as it fused ``clip``."""
-    import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -182,25 +202,13 @@ def _clip_as_min_max(mod):
     class Rewrite(PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip"):
+            if not _is_op(call, "relax.clip"):
                 return call
             x, lo, hi = call.args
             dtype = str(getattr(x, "dtype", "float32"))
             return relax.op.minimum(relax.op.maximum(x, relax.const(float(lo.value), dtype)), relax.const(float(hi.value), dtype))
 
-    mod = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)  # the caller's module stays as it is
-    rewrite = Rewrite(mod)
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = rewrite.visit_expr(func)
-    return mod
-
-
-def _is_op(expr, name: str) -> bool:
-    import tvm
-    from tvm import relax
-
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+    return _rewrite_functions(mod, Rewrite)[0]
 
 
 # bilinear coordinate modes whose TOPI computation needs neither the ROI nor integer division
@@ -225,7 +233,6 @@ def _upsampling_into_argmax(mod):
     360 x 480 frame), and the argmax kernel blends two of its rows per class score: two
     contiguous loads instead of four gathers, the same operations in the same order. Other
     modes get one kernel, TOPI's interpolation inlined into its argmax."""
-    import tvm
     from tvm import relax, te, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
     from tvm.topi.image.resize import _lerp, get_2d_pixel, get_inx
@@ -287,12 +294,8 @@ def _upsampling_into_argmax(mod):
             rows = self.builder_.emit(self.builder_.call_te(upsample_rows, x, size, mode, primfunc_name_hint="upsample_rows"))
             return self.builder_.call_te(blend_rows_argmax, rows, size, mode, *reduce, primfunc_name_hint="upsample_argmax")
 
-    rewrite = Rewrite(tvm.IRModule(dict(mod.functions), attrs=mod.attrs))  # the caller's module stays as it is
-    functions = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
-    for gv, func in functions:
-        rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
-    # the module with the new kernels; the argmax and the upsampling it replaced are left unused
-    return relax.transform.DeadCodeElimination([gv.name_hint for gv, _ in functions])(rewrite.builder_.finalize())
+    mod, functions = _rewrite_functions(mod, Rewrite)
+    return relax.transform.DeadCodeElimination(functions)(mod)  # the argmax and upsampling it replaced are unused now
 
 
 def lower(mod, target: TargetDict, layout: str = DEFAULT_LAYOUT):

@@ -48,11 +48,10 @@ class TVMBackend:
         if self.target.get("kind") != "llvm":
             raise ValueError(f"the tvm latency backend measures on this machine's CPU; target {target_key(self.target)} is not llvm")
         self.tuning = tuning or TuningOptions()
-        from ..deploy.tvm_backend import use_tvm_threads
+        from ..deploy.bench import set_threads
 
-        torch.set_num_threads(self.threads)
         # what TVM's pool really runs (identity: tables from before the pool was sized ran on one thread)
-        self.tvm_threads = use_tvm_threads(self.threads)
+        self.tvm_threads = set_threads(self.threads)
 
     def fingerprint(self) -> Dict[str, Any]:
         import tvm

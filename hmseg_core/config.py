@@ -45,6 +45,9 @@ class TrainConfig:
     class_weighting: str = "none"  # none | enet
     ohem_thresh: Optional[float] = None
     ohem_min_kept: int = 100_000
+    # speed: channels-last activations and bfloat16 autocast (weights, optimizer and loss stay fp32)
+    channels_last: bool = False
+    precision: str = "fp32"  # fp32 | bf16
     # bookkeeping
     out_dir: str = "runs/train"
     seed: int = 0
@@ -65,6 +68,7 @@ class TrainConfig:
             (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], "scale", "must be (min, max) with 0 < min <= max"),
             (self.class_weighting in ("none", "enet"), "class_weighting", "must be 'none' or 'enet'"),
             (self.ohem_thresh is None or 0 < self.ohem_thresh < 1, "ohem_thresh", "must be empty or in (0, 1)"),
+            (self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'"),
             (self.layout in ("", "camvid", "cityscapes"), "layout", "must be '', 'camvid' or 'cityscapes'"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every/checkpoint_every", "must be >= 0 / >= 1"),
         ]

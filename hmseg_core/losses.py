@@ -32,6 +32,7 @@ class SegLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # bf16 logits from autocast: the loss is always taken in fp32
         pixel = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
         if self.ohem_thresh is None:

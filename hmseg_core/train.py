@@ -127,7 +127,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
     spec = train_set.spec
     genotype = get_genotype(cfg.model, spec.num_classes)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
-    model = build_model(genotype, boosting=cfg.boosting).to(ctx.device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(genotype, boosting=cfg.boosting).to(ctx.device, memory_format=memory_format)
 
     ckpt: Optional[Dict[str, Any]] = None
     if resume and last_path.exists():
@@ -174,6 +175,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
         )
         atomic_save(payload, path)
 
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=not (progress and ctx.main))
     t0, loss_ema = time.time(), None
     net.train()
@@ -187,8 +189,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
             lr = poly_lr(cfg, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-            loss = criterion(net(images), labels)
+            images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=memory_format)
+            labels = labels.to(ctx.device, non_blocking=True)
+            with autocast:
+                outputs = net(images)
+            loss = criterion(outputs, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower lr (now {lr:.4g})")
             optimizer.zero_grad(set_to_none=True)

@@ -56,6 +56,18 @@ def test_train_writes_self_describing_checkpoints(tmp_path):
         train(tiny_config(tmp_path / "run"), progress=False)
 
 
+def test_channels_last_bf16_training_learns_in_fp32_weights(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=2, channels_last=True, precision="bf16")
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 8
+    weights = _weights(tmp_path / "run" / "last.pt")
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(map(lambda v: v == v and v < 1e3, losses)) and losses[-1] < losses[0]
+    with pytest.raises(ConfigError, match="precision"):
+        tiny_config(tmp_path / "bad", precision="fp16").validate()
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     total = 3 * 4
     reference = tmp_path / "reference"

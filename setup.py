@@ -25,6 +25,7 @@ PINS = {
     "onnx": "onnx>=1.17",
     "onnxruntime": "onnxruntime>=1.20",
     "onnxscript": "onnxscript>=0.7",  # torch.onnx.export(dynamo=True) needs it
+    "openvino": "openvino>=2026.4",
 }
 # On a ROS 2 distro these come from the distro; on plain Python from the PyPI ROS wheels.
 ROS_WHEELS = ["ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp"]
@@ -46,6 +47,7 @@ setup(
         "ros": ROS_WHEELS + [PINS["rosbags"]],
         "tvm": [PINS["apache-tvm"], PINS["apache-tvm-ffi"], PINS["psutil"], PINS["xgboost"], PINS["cloudpickle"]],
         "onnx": [PINS["onnx"], PINS["onnxruntime"], PINS["onnxscript"]],
+        "openvino": [PINS["openvino"]],
         "test": [PINS["pytest"]],
     },
     zip_safe=True,
@@ -54,6 +56,8 @@ setup(
     description="HMSeg real-time semantic segmentation: networks, search, training, TVM deployment, ROS 2 nodes",
     license="Apache-2.0",
     entry_points={
+        # subcommands of `hmseg-core` that live outside hmseg_core (which imports no ROS)
+        "hmseg_core.commands": ["replay-eval = hmseg_ros.cli:register"],
         "console_scripts": [
             "hmseg-core = hmseg_core.cli:main",
             "hmseg_segment = hmseg_ros.segment_node:main",

@@ -20,7 +20,7 @@ import sys
 
 CHILD = r"""
 import json, resource, statistics, sys, time, torch
-from hmseg_core.hardware import allocator
+from hmseg_core.machine import allocator
 from hmseg_core.registry import create_model
 models, sizes, threads, runs = json.loads(sys.argv[1])
 torch.set_num_threads(threads)

@@ -43,7 +43,7 @@ def alternate(segs, rgb, runs: int, warmup: int = 5):
 
 
 def main(argv=None) -> int:
-    from hmseg_core.deploy.bench import set_threads
+    from hmseg_core.machine import set_threads
     from hmseg_core.deploy.package import ModelPackage
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

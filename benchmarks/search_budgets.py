@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hmseg_core.genotype import Genotype
 from hmseg_core.search.cost import CostModel
-from hmseg_core.search.lut import LatencyTable, TorchBackend, measure_networks
+from hmseg_core.search.lut import LatencyTable, TorchTimer, measure_networks
 from hmseg_core.search.space import SearchSpace
 
 
@@ -42,7 +42,7 @@ def measure(genotypes, size, threads: int, rounds: int):
     warm-up, five interleaved sweeps of ``rounds / 5`` back-to-back runs per network (a deployed
     network runs frame after frame with its own weights in cache; alternating networks on every
     run would time each with the previous one's weights in cache instead)."""
-    return measure_networks(genotypes, size, TorchBackend("cpu", threads), warmup=10, repeats=rounds, passes=5)
+    return measure_networks(genotypes, size, TorchTimer("cpu", threads), warmup=10, repeats=rounds, passes=5)
 
 
 def main(argv=None) -> int:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     if not fidelity_path.is_file():
         run(cli("lut", "check", "--table", str(table_path), "--genotypes", "10", "--threads", str(args.threads),
                 "--report", str(fidelity_path)), log)
-    table = LatencyTable.load(table_path, device=TorchBackend("cpu", args.threads).fingerprint())
+    table = LatencyTable.load(table_path, device=TorchTimer("cpu", args.threads).fingerprint())
     base = Genotype.parse(table.base)
     # targets come from the table as first calibrated, so a recalibration moves no target
     scale0 = table.settings.get("calibrations", [{"scale": table.calibration.scale}])[0]["scale"]

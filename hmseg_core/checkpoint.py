@@ -8,13 +8,13 @@ progress, next to the weights (and the optimizer state for resuming).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from .genotype import Genotype, GenotypeError
+from .io import atomic_write
 from .model import HMSegNet, build_model
 
 FORMAT = "hmseg-checkpoint"
@@ -27,20 +27,26 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` written whole or not at all (:func:`hmseg_core.io.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+#: Renamed state-dict prefixes, old -> new: checkpoints written before the classifier moved
+#: into the segmentation head (``SegmentationHead``) keep loading.
+RENAMED_PREFIXES = {"classifier.": "head.classifier."}
+
+
+def migrate_state_dict(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` with the keys of older checkpoints renamed to the network's current ones
+    (:data:`RENAMED_PREFIXES`); current keys stay as they are."""
+    out = {}
+    for key, value in state.items():
+        for old, new in RENAMED_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
 
 
 def make_checkpoint(
@@ -68,7 +74,8 @@ def make_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Load and validate a checkpoint; every failure is a :class:`CheckpointError` naming the file."""
+    """Load and validate a checkpoint (weights under the current state-dict keys, :func:`migrate_state_dict`);
+    every failure is a :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -83,6 +90,9 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: 'model' is not a state dict")
+    ckpt["model"] = migrate_state_dict(ckpt["model"])
     return ckpt
 
 
@@ -95,7 +105,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any] | str | os.PathLike, boosting: bo
     except GenotypeError as e:
         raise CheckpointError(f"checkpoint genotype is invalid: {e}") from None
     model = build_model(genotype, boosting=boosting)
-    state = ckpt["model"]
+    state = migrate_state_dict(ckpt["model"])
     if not boosting:
         state = {k: v for k, v in state.items() if not k.startswith("boost.")}
     try:

@@ -1,4 +1,4 @@
-"""Genotype -> nn.Module: the MRMS backbone, the LCF/LGE head and the boosting heads.
+"""Genotype -> nn.Module: the MRMS encoder, the segmentation head (LCF/LGE) and the boosting heads.
 
 Data flow (paper Fig. 3)::
 
@@ -59,7 +59,7 @@ class DWSepConv(nn.Sequential):
 
 
 class MRMSEncoder(nn.Module):
-    """Multi-resolution backbone; ``forward`` returns ``[C3, C4, C5]``."""
+    """Multi-resolution backbone; ``forward`` returns ``[C3, C4, C5]``, ``out_channels`` their channels."""
 
     def __init__(self, genotype: Genotype) -> None:
         super().__init__()
@@ -74,6 +74,10 @@ class MRMSEncoder(nn.Module):
         self.res_low = ResolutionLayer(g.ratios[1])
         self.low = nn.Sequential(*stages[4])
         self.out_channels = tuple(g.scaled(c) for c in g.stage_channels[2:])
+
+    def layers(self) -> List[nn.Module]:
+        """The backbone layers in :meth:`Genotype.iter_layers` order (the stem not included)."""
+        return [layer for stage in (*self.high, self.medium, self.low) for layer in stage]
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         c3 = self.high(self.stem(x))
@@ -93,14 +97,16 @@ class LGE(nn.Module):
         return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
 
 
-class LightweightHead(nn.Module):
-    """The segmentation head: LCF fusion (by addition) with LGE on the upper (C5) branch.
+class SegmentationHead(nn.Module):
+    """Features ``[C3, C4, C5]`` -> logits at the input size: LCF fusion (by addition) with LGE on
+    the upper (C5) branch, the classifier, and the upsampling.
 
     ``lcf=False`` falls back to the plain fusion of the paper's Table 4 (a)/(b): C3 plus the
-    upsampled C5, no C4, no global context, no fusion conv.
+    upsampled C5, no C4, no global context, no fusion conv. The final network, the supernet and
+    the latency table's head part are all this module.
     """
 
-    def __init__(self, in_channels: Sequence[int], channels: int, lcf: bool = True, lge: bool = True) -> None:
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int, lcf: bool = True, lge: bool = True) -> None:
         super().__init__()
         c3, c4, c5 = in_channels
         self.proj_high = ConvBNAct(c3, channels, 1)
@@ -112,18 +118,25 @@ class LightweightHead(nn.Module):
             # Global context: runs on a 1x1 map, so no BatchNorm (undefined for batch size 1).
             self.proj_global = nn.Sequential(nn.Conv2d(c5, channels, 1), nn.ReLU6(inplace=True))
             self.fuse = DWSepConv(channels, channels)
-        self.out_channels = channels
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> torch.Tensor:
-        size = c3.shape[-2:]
+    @classmethod
+    def for_genotype(cls, genotype: Genotype, in_channels: Sequence[int]) -> "SegmentationHead":
+        """The head ``genotype`` asks for (width-scaled channels, classes, LCF/LGE switches) on ``in_channels``."""
+        g = genotype
+        return cls(in_channels, g.scaled(g.head_channels), g.num_classes, g.lcf, g.lge)
+
+    def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        c3, c4, c5 = features
+        fused_size = c3.shape[-2:]
         upper = self.proj_low(c5)
         if self.lge is not None:
             upper = self.lge(upper)
-        x = self.proj_high(c3) + resize_to(upper, size)
+        x = self.proj_high(c3) + resize_to(upper, fused_size)
         if self.lcf:
-            x = x + resize_to(self.proj_medium(c4), size) + self.proj_global(c5.mean((2, 3), keepdim=True))
+            x = x + resize_to(self.proj_medium(c4), fused_size) + self.proj_global(c5.mean((2, 3), keepdim=True))
             x = self.fuse(x)
-        return x
+        return resize_to(self.classifier(x), size)
 
 
 class BoostingHead(nn.Sequential):
@@ -132,9 +145,30 @@ class BoostingHead(nn.Sequential):
     def __init__(self, c_in: int, channels: int, num_classes: int) -> None:
         super().__init__(DWSepConv(c_in, channels), nn.Conv2d(channels, num_classes, 1))
 
+    @property
+    def classifier(self) -> nn.Conv2d:
+        return self[-1]
+
+
+class BoostingHeads(nn.ModuleDict):
+    """The boosting heads on C4 (``aux_medium``) and C5 (``aux_low``); their logits at the input size."""
+
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int) -> None:
+        _, c4, c5 = in_channels
+        super().__init__({"aux_medium": BoostingHead(c4, channels, num_classes), "aux_low": BoostingHead(c5, channels, num_classes)})
+
+    @classmethod
+    def for_genotype(cls, genotype: Genotype, in_channels: Sequence[int]) -> "BoostingHeads":
+        return cls(in_channels, genotype.scaled(genotype.head_channels), genotype.num_classes)
+
+    def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> Dict[str, torch.Tensor]:
+        _, c4, c5 = features
+        return {"aux_medium": resize_to(self["aux_medium"](c4), size), "aux_low": resize_to(self["aux_low"](c5), size)}
+
 
 class HMSegNet(nn.Module):
-    """A network of the MRMS family, built from its genotype alone.
+    """A network of the MRMS family, built from its genotype alone: encoder + segmentation head
+    (+ boosting heads in training).
 
     In training mode with ``boosting=True`` the forward pass returns
     ``{"out": logits, "aux_medium": ..., "aux_low": ...}`` (all at the input size); in eval
@@ -145,23 +179,9 @@ class HMSegNet(nn.Module):
         super().__init__()
         self.genotype = genotype
         self.encoder = MRMSEncoder(genotype)
-        head_ch = genotype.scaled(genotype.head_channels)
-        self.head = LightweightHead(self.encoder.out_channels, head_ch, genotype.lcf, genotype.lge)
-        self.classifier = nn.Conv2d(head_ch, genotype.num_classes, 1)
-        self.boost = (
-            nn.ModuleDict(
-                {
-                    "aux_medium": BoostingHead(self.encoder.out_channels[1], head_ch, genotype.num_classes),
-                    "aux_low": BoostingHead(self.encoder.out_channels[2], head_ch, genotype.num_classes),
-                }
-            )
-            if boosting
-            else None
-        )
-        _init_weights(self)
-        # small initial logits: every class starts near equal probability
-        for conv in [self.classifier] + ([h[-1] for h in self.boost.values()] if self.boost is not None else []):
-            nn.init.normal_(conv.weight, std=0.01)
+        self.head = SegmentationHead.for_genotype(genotype, self.encoder.out_channels)
+        self.boost = BoostingHeads.for_genotype(genotype, self.encoder.out_channels) if boosting else None
+        init_weights(self)
 
     @property
     def num_classes(self) -> int:
@@ -169,15 +189,11 @@ class HMSegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         size = x.shape[-2:]
-        c3, c4, c5 = self.encoder(x)
-        logits = resize_to(self.classifier(self.head(c3, c4, c5)), size)
+        features = self.encoder(x)
+        logits = self.head(features, size)
         if not (self.training and self.boost is not None):
             return logits
-        return {
-            "out": logits,
-            "aux_medium": resize_to(self.boost["aux_medium"](c4), size),
-            "aux_low": resize_to(self.boost["aux_low"](c5), size),
-        }
+        return {"out": logits, **self.boost(features, size)}
 
     def for_inference(self) -> "HMSegNet":
         """An eval-mode copy without the training-only boosting heads (what export sees)."""
@@ -186,7 +202,9 @@ class HMSegNet(nn.Module):
         return net.eval()
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """He-normal convolutions and identity BatchNorm throughout ``module``, then small classifiers
+    (segmentation and boosting heads): every class starts near equal probability."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -195,6 +213,9 @@ def _init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, (SegmentationHead, BoostingHead)):
+            nn.init.normal_(m.classifier.weight, std=0.01)
 
 
 def build_model(genotype: Genotype, boosting: bool = True) -> HMSegNet:

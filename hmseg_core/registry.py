@@ -6,7 +6,7 @@ lookup can never hand out a shared mutable object.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from .genotype import Genotype, GenotypeError, LayerGene
 from .model import HMSegNet, build_model
@@ -64,8 +64,17 @@ def mrms_tiny(num_classes: int = 19, lcf: bool = True, lge: bool = True) -> Geno
     return mrms(num_classes, lcf, lge).replace(width=0.5)
 
 
-def get_genotype(name: str, num_classes: int = 19, **switches: Any) -> Genotype:
-    """Genotype of a registered variant, or parse a genotype string (anything containing '=')."""
+#: class count of a registered variant when none is given (Cityscapes)
+DEFAULT_CLASSES = 19
+
+
+def get_genotype(name: str, num_classes: Optional[int] = None, **switches: Any) -> Genotype:
+    """Genotype of a registered variant, or parse a genotype string (anything containing '=').
+
+    ``num_classes=None`` means: a registered variant gets :data:`DEFAULT_CLASSES`, a genotype string
+    keeps the class count written in it (so a string round-trips unchanged); a number given
+    replaces either.
+    """
     if "=" in name:
         g = Genotype.parse(name)
         changes = dict(switches)
@@ -76,12 +85,13 @@ def get_genotype(name: str, num_classes: int = 19, **switches: Any) -> Genotype:
         fn = _REGISTRY[name]
     except KeyError:
         raise GenotypeError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
-    return fn(num_classes=num_classes, **switches)
+    return fn(num_classes=DEFAULT_CLASSES if num_classes is None else num_classes, **switches)
 
 
 def create_model(
-    name: Union[str, Genotype], num_classes: int = 19, boosting: bool = True, **switches: Any
+    name: Union[str, Genotype], num_classes: Optional[int] = None, boosting: bool = True, **switches: Any
 ) -> HMSegNet:
-    """Build a network from a registered name, a genotype string, or a :class:`Genotype`."""
+    """Build a network from a registered name, a genotype string, or a :class:`Genotype`
+    (class count as in :func:`get_genotype`; a :class:`Genotype` is built as it is)."""
     g = name if isinstance(name, Genotype) else get_genotype(name, num_classes, **switches)
     return build_model(g, boosting=boosting)

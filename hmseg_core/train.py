@@ -10,11 +10,11 @@ was never interrupted.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, make_checkpoint
 from .config import TrainConfig, save_config
-from .data.datasets import SegmentationDataset, enet_class_weights
+from .data.datasets import DatasetSpec, SegmentationDataset, enet_class_weights
 from .data.synthetic import write_dataset
 from .data.transforms import EpochBatchSampler, TrainTransform, TrainView
 from .evaluate import evaluate
 from .losses import SegLoss
-from .model import build_model
+from .model import HMSegNet, build_model
 from .plots import plot_training_log
 from .registry import get_genotype
 
@@ -106,39 +106,82 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict
         ctx.close()
 
 
+@dataclass
+class _TrainRun:
+    """What one training run works on: data, network, optimizer, schedule and progress."""
+
+    out: Path
+    train_set: SegmentationDataset
+    val_set: Optional[SegmentationDataset]
+    view: TrainView
+    model: HMSegNet
+    net: torch.nn.Module  # the model, wrapped in DDP under torchrun
+    memory_format: torch.memory_format
+    class_weights: Optional[torch.Tensor]
+    criterion: SegLoss
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    best_miou: float = -1.0
+    t0: float = 0.0  # when this process started stepping
+    loss_ema: Optional[float] = None
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.train_set.spec
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+
 def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> Dict[str, Any]:
+    """Set up (or resume), run the epochs, summarise."""
+    run = _setup(cfg, ctx, resume)
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True, disable=not (progress and ctx.main))
+    run.t0 = time.time()
+    run.net.train()
+    while run.step < run.total_steps:
+        _epoch(cfg, ctx, run, autocast, bar)
+        if ctx.main:
+            _end_epoch(cfg, ctx, run, bar)
+        ctx.barrier()
+    bar.close()
+    return _finish(cfg, ctx, run)
+
+
+def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
+    """The run folder, the data, the network, loss and optimizer; resumed from ``last.pt`` if asked."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
-    last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
+    last_path = out / "last.pt"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         if last_path.exists() and not resume:
             raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
     ctx.barrier()
 
-    root = _prepare_data(cfg, ctx, out)
-    train_set = SegmentationDataset(root, cfg.train_split, cfg.layout or None)
-    val_set = SegmentationDataset(root, cfg.val_split, train_set.layout) if cfg.eval_every else None
-    if cfg.cache:
-        for d in (train_set, val_set):
-            if d is not None:
-                d.preload()
+    train_set, val_set = _datasets(cfg, ctx, out)
     spec = train_set.spec
     genotype = get_genotype(cfg.model, spec.num_classes)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(genotype, boosting=cfg.boosting).to(ctx.device, memory_format=memory_format)
 
-    ckpt: Optional[Dict[str, Any]] = None
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt["genotype"] != genotype.format():
-            raise CheckpointError(f"{last_path}: trained genotype differs from config model {cfg.model!r}")
-        if ckpt.get("world_size", 1) != ctx.world_size:
-            print(f"warning: resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} processes; data order changes")
+    ckpt = _resume_checkpoint(cfg, ctx, last_path, genotype.format()) if resume and last_path.exists() else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-
     if ckpt is not None and ckpt.get("class_weights") is not None:
         class_weights = torch.tensor(ckpt["class_weights"])
     elif cfg.class_weighting == "enet":
@@ -156,83 +199,120 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, progress: bool) -> 
     steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, ctx.world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size} x {ctx.world_size} processes")
-    total_steps = cfg.epochs * steps_per_epoch
     view = TrainView(
         train_set,
         TrainTransform(tuple(cfg.crop), tuple(cfg.scale), True, cfg.jitter, spec.mean, spec.std),
         cfg.seed,
     )
+    run = _TrainRun(out, train_set, val_set, view, model, net, memory_format, class_weights, criterion, optimizer,
+                    steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou)
     if ctx.main:
         save_config(cfg, out / "config.yaml")
-        truncate_log(log_path, step)
+        truncate_log(run.log_path, step)
+    return run
 
-    def checkpoint(path: Path, **extra: Any) -> None:
-        payload = make_checkpoint(
-            model, spec.class_names, spec.palette, spec.mean, spec.std, cfg.to_dict(),
-            step=step, epoch=step // steps_per_epoch, total_steps=total_steps, best_miou=best_miou,
-            optimizer=optimizer.state_dict(), world_size=ctx.world_size,
-            class_weights=None if class_weights is None else class_weights.tolist(), **extra,
-        )
-        atomic_save(payload, path)
 
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=not (progress and ctx.main))
-    t0, loss_ema = time.time(), None
-    net.train()
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        sampler = EpochBatchSampler(len(train_set), cfg.batch_size, epoch, cfg.seed, ctx.rank, ctx.world_size, start)
-        loader = torch.utils.data.DataLoader(
-            view, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=False,
-        )
-        for images, labels in loader:
-            lr = poly_lr(cfg, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=memory_format)
-            labels = labels.to(ctx.device, non_blocking=True)
-            with autocast:
-                outputs = net(images)
-            loss = criterion(outputs, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower lr (now {lr:.4g})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            value = float(loss.detach())
-            loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-            if ctx.main:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}", epoch=f"{step / steps_per_epoch:.1f}")
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": value, "lr": lr, "time": time.time() - t0}) + "\n")
-                if step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
-                    checkpoint(last_path)
-        epoch_done = step // steps_per_epoch
+def _datasets(cfg: TrainConfig, ctx: DistContext, out: Path) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """The training split and, when validation is configured, the validation split (preloaded with ``cache``)."""
+    root = _prepare_data(cfg, ctx, out)
+    train_set = SegmentationDataset(root, cfg.train_split, cfg.layout or None)
+    val_set = SegmentationDataset(root, cfg.val_split, train_set.layout) if cfg.eval_every else None
+    if cfg.cache:
+        for d in (train_set, val_set):
+            if d is not None:
+                d.preload()
+    return train_set, val_set
+
+
+def _resume_checkpoint(cfg: TrainConfig, ctx: DistContext, path: Path, genotype: str) -> Dict[str, Any]:
+    """``last.pt`` to resume from; it must hold the configured model (``genotype``, canonical string)."""
+    ckpt = load_checkpoint(path)
+    if ckpt["genotype"] != genotype:
+        raise CheckpointError(f"{path}: trained genotype differs from config model {cfg.model!r}")
+    if ckpt.get("world_size", 1) != ctx.world_size:
+        print(f"warning: resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} processes; data order changes")
+    return ckpt
+
+
+def _epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, autocast: torch.autocast, bar: tqdm) -> None:
+    """The rest of the current epoch from ``run.step``: steps, their log lines, periodic checkpoints."""
+    epoch, start = divmod(run.step, run.steps_per_epoch)
+    sampler = EpochBatchSampler(len(run.train_set), cfg.batch_size, epoch, cfg.seed, ctx.rank, ctx.world_size, start)
+    loader = torch.utils.data.DataLoader(
+        run.view, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=False,
+    )
+    for images, labels in loader:
+        lr = poly_lr(cfg, run.step, run.total_steps)
+        value = _step(ctx, run, images, labels, lr, autocast)
+        run.loss_ema = value if run.loss_ema is None else 0.95 * run.loss_ema + 0.05 * value
         if ctx.main:
-            final = step >= total_steps
-            if val_set is not None and (final or epoch_done % cfg.eval_every == 0):
-                cm = evaluate(model, val_set, spec.mean, spec.std, progress=False)
-                report = cm.report(spec.class_names)
-                bar.write(f"epoch {epoch_done}/{cfg.epochs} step {step}: val mIoU {100 * report['miou']:.2f}")
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "epoch": epoch_done, "val": report}) + "\n")
-                if report["miou"] > best_miou:
-                    best_miou = report["miou"]
-                    checkpoint(best_path, val=report)
-            checkpoint(last_path)
-        ctx.barrier()
-    bar.close()
-    summary = {"steps": step, "epochs": cfg.epochs, "best_miou": best_miou, "out_dir": str(out), "wall_s": time.time() - t0}
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.loss_ema:.3f}", lr=f"{lr:.2e}", epoch=f"{run.step / run.steps_per_epoch:.1f}")
+            with run.log_path.open("a") as f:
+                f.write(json.dumps({"step": run.step, "loss": value, "lr": lr, "time": time.time() - run.t0}) + "\n")
+            if run.step % cfg.checkpoint_every == 0 and run.step % run.steps_per_epoch:
+                _checkpoint(cfg, ctx, run, run.last_path)
+
+
+def _step(ctx: DistContext, run: _TrainRun, images: torch.Tensor, labels: torch.Tensor, lr: float, autocast: torch.autocast) -> float:
+    """One SGD step at learning rate ``lr`` (forward under ``autocast``, loss in fp32); returns the loss."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    labels = labels.to(ctx.device, non_blocking=True)
+    with autocast:
+        outputs = run.net(images)
+    loss = run.criterion(outputs, labels)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.step}; lower lr (now {lr:.4g})")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    return float(loss.detach())
+
+
+def _end_epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, bar: tqdm) -> None:
+    """After an epoch (main process): validation when due (``best.pt`` on a new best mIoU), then ``last.pt``."""
+    epoch_done = run.step // run.steps_per_epoch
+    final = run.step >= run.total_steps
+    if run.val_set is not None and (final or epoch_done % cfg.eval_every == 0):
+        spec = run.spec
+        cm = evaluate(run.model, run.val_set, spec.mean, spec.std, progress=False)
+        report = cm.report(spec.class_names)
+        bar.write(f"epoch {epoch_done}/{cfg.epochs} step {run.step}: val mIoU {100 * report['miou']:.2f}")
+        with run.log_path.open("a") as f:
+            f.write(json.dumps({"step": run.step, "epoch": epoch_done, "val": report}) + "\n")
+        if report["miou"] > run.best_miou:
+            run.best_miou = report["miou"]
+            _checkpoint(cfg, ctx, run, run.best_path, val=report)
+    _checkpoint(cfg, ctx, run, run.last_path)
+
+
+def _checkpoint(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, path: Path, **extra: Any) -> None:
+    """A self-describing checkpoint of the run as it stands (weights, optimizer, progress), written atomically."""
+    spec = run.spec
+    payload = make_checkpoint(
+        run.model, spec.class_names, spec.palette, spec.mean, spec.std, cfg.to_dict(),
+        step=run.step, epoch=run.step // run.steps_per_epoch, total_steps=run.total_steps, best_miou=run.best_miou,
+        optimizer=run.optimizer.state_dict(), world_size=ctx.world_size,
+        class_weights=None if run.class_weights is None else run.class_weights.tolist(), **extra,
+    )
+    atomic_save(payload, path)
+
+
+def _finish(cfg: TrainConfig, ctx: DistContext, run: _TrainRun) -> Dict[str, Any]:
+    """The summary (replicas checked under torchrun), ``best.pt`` if no validation chose one, the curves."""
+    summary = {"steps": run.step, "epochs": cfg.epochs, "best_miou": run.best_miou, "out_dir": str(run.out),
+               "wall_s": time.time() - run.t0}
     if ctx.world_size > 1:
-        prints = replica_fingerprints(model)
+        prints = replica_fingerprints(run.model)
         summary["replica_fingerprints"] = prints
         if any(p != prints[0] for p in prints):
             raise RuntimeError(f"DDP replicas diverged: parameter fingerprints per rank {prints}")
     if ctx.main:
-        if not best_path.exists():  # no validation configured: the final weights are the result
-            checkpoint(best_path)
-        plot_training_log(log_path, out / "curves.png")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if not run.best_path.exists():  # no validation configured: the final weights are the result
+            _checkpoint(cfg, ctx, run, run.best_path)
+        plot_training_log(run.log_path, run.out / "curves.png")
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

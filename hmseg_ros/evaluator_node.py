@@ -10,13 +10,12 @@ Frames that never got a prediction are counted, not guessed.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from typing import Dict, List, Optional
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -26,6 +25,7 @@ from hmseg_core.bag import LABEL_TOPIC
 from hmseg_core.stream_eval import StreamEvaluator, write_report
 
 from .image_conv import ImageDecodeError, image_to_mono
+from .node_main import run_node, spin_until
 
 NODE_NAME = "hmseg_evaluator"
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -141,18 +141,9 @@ class EvaluatorNode(Node):
         return rep
 
 
-def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = EvaluatorNode()
-            try:
-                while rclpy.ok() and not node.finished.is_set():
-                    rclpy.spin_once(node, timeout_sec=0.1)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+def main(args=None) -> int:
+    return run_node(NODE_NAME, EvaluatorNode, spin_until(lambda node: node.finished.is_set()), args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,8 +25,29 @@ from .replay_node import ReplayNode
 from .segment_node import SegmentNode
 
 
+REPLAY_IMAGE, REPLAY_LABELS = "/hmseg/replay/image", "/hmseg/replay/labels"
+SEGMENT_LABELS = "/hmseg_segment/labels"
+
+
 def _params(d: Dict) -> list:
     return [Parameter(k, value=v) for k, v in d.items()]
+
+
+def _spin_until_finished(executor, evaluator: EvaluatorNode, timeout_s: float, log) -> float:
+    """Spin until the evaluator has seen the whole drive (or ``timeout_s``); returns the wall time."""
+    t0 = time.monotonic()
+    while not evaluator.finished.is_set():
+        if time.monotonic() - t0 > timeout_s:
+            log(f"replay-eval: timed out after {timeout_s:.0f} s; reporting what was evaluated")
+            break
+        executor.spin_once(timeout_sec=0.1)
+    return time.monotonic() - t0
+
+
+def _offline_check(seg: Segmenter, bag: Path, image_topic: str, label_topic: str, confusion: list) -> Dict:
+    """The same model over the same frames without ROS: mIoU, and whether it equals the pipeline's."""
+    cm = evaluate_frames(seg, read_drive(bag, image_topic, label_topic), seg.num_classes)
+    return {"offline_miou": cm.miou(), "matches_offline": bool(cm.matrix.tolist() == confusion)}
 
 
 def run_replay_eval(
@@ -54,15 +75,18 @@ def run_replay_eval(
     first = next(iter(read_drive(bag, image_topic, None)), None)
     if first is None:
         raise ValueError(f"{bag}: no frames on {image_topic}")
-    h, w = first.image.shape[:2]
     seg_params = dict(
         zoo=str(zoo), model=str(model), latency_budget_ms=float(budget_ms), backend=backend, threads=int(threads),
-        input_topic="/hmseg/replay/image", qos="reliable", expected_height=h, expected_width=w,
+        input_topic=REPLAY_IMAGE, qos="reliable", expected_height=first.image.shape[0], expected_width=first.image.shape[1],
         resize_policy=resize_policy, latency_cache=str(latency_cache), measure_iterations=int(measure_iterations),
         publish_color=False, publish_overlay=False,
     )
     if network_size:
         seg_params.update(network_height=int(network_size[0]), network_width=int(network_size[1]))
+    replay_params = dict(
+        bag=str(bag), bag_image_topic=image_topic, bag_label_topic=label_topic, image_topic=REPLAY_IMAGE,
+        label_topic=REPLAY_LABELS, mode=mode, rate_scale=float(rate_scale), pace_topic=SEGMENT_LABELS,
+    )
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -72,30 +96,20 @@ def run_replay_eval(
         segment = SegmentNode(context=context, parameter_overrides=_params(seg_params))
         nodes.append(segment)
         evaluator = EvaluatorNode(context=context, parameter_overrides=_params(dict(
-            prediction_topic="/hmseg_segment/labels", gt_topic="/hmseg/replay/labels", class_names=segment.segmenter.class_names,
+            prediction_topic=SEGMENT_LABELS, gt_topic=REPLAY_LABELS, class_names=segment.segmenter.class_names,
             grace_s=1.0 if mode == "lockstep" else 3.0,
         )))
         nodes.append(evaluator)
-        replay = ReplayNode(context=context, parameter_overrides=_params(dict(
-            bag=str(bag), bag_image_topic=image_topic, bag_label_topic=label_topic, image_topic="/hmseg/replay/image",
-            label_topic="/hmseg/replay/labels", mode=mode, rate_scale=float(rate_scale), pace_topic="/hmseg_segment/labels",
-        )))
+        replay = ReplayNode(context=context, parameter_overrides=_params(replay_params))
         nodes.append(replay)
         for n in nodes:
             executor.add_node(n)
-        t0 = time.monotonic()
-        while not evaluator.finished.is_set():
-            if time.monotonic() - t0 > timeout_s:
-                log(f"replay-eval: timed out after {timeout_s:.0f} s; reporting what was evaluated")
-                break
-            executor.spin_once(timeout_sec=0.1)
-        wall = time.monotonic() - t0
-        stats = segment.stats()
+        wall = _spin_until_finished(executor, evaluator, timeout_s, log)
         variant = segment.selection.variant
         rep = evaluator.finish({
             "bag": str(bag), "variant": variant.name, "checkpoint": str(variant.checkpoint), "backend": segment.segmenter.backend_name,
             "mode": mode, "budget_ms": float(budget_ms), "wall_s": wall, "frames_published": replay.published,
-            "lockstep_timeouts": replay.timeouts, "segmenter": stats, "selection": segment.selection.describe(),
+            "lockstep_timeouts": replay.timeouts, "segmenter": segment.stats(), "selection": segment.selection.describe(),
         })
     finally:
         for n in nodes:
@@ -106,9 +120,7 @@ def run_replay_eval(
 
     if offline_check:
         seg = Segmenter(variant.checkpoint, backend, segment.resize, segment.device, variant.name)
-        cm = evaluate_frames(seg, read_drive(bag, image_topic, label_topic), seg.num_classes)
-        rep["offline_miou"] = cm.miou()
-        rep["matches_offline"] = bool(cm.matrix.tolist() == rep["confusion_matrix"])
+        rep.update(_offline_check(seg, bag, image_topic, label_topic, rep["confusion_matrix"]))
     paths = write_report(rep, out_dir)
     rep["report_files"] = {k: str(v) for k, v in paths.items()}
     return rep

@@ -15,12 +15,11 @@ the evaluator measures latency from stamp to prediction on one clock. ``~/status
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -29,6 +28,7 @@ from std_msgs.msg import Header, String
 from hmseg_core.bag import IMAGE_TOPIC, LABEL_TOPIC, read_drive, read_info
 
 from .image_conv import numpy_to_image
+from .node_main import run_node, spin_until
 
 NODE_NAME = "hmseg_replay"
 MODES = ("recorded", "lockstep")
@@ -144,20 +144,10 @@ class ReplayNode(Node):
         super().destroy_node()
 
 
-def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = ReplayNode()
-            try:
-                while rclpy.ok() and not node.done.is_set():
-                    rclpy.spin_once(node, timeout_sec=0.1)
-                for _ in range(10):  # let the final status and last messages go out
-                    rclpy.spin_once(node, timeout_sec=0.05)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+def main(args=None) -> int:
+    # the drain spins let the final status and last messages go out
+    return run_node(NODE_NAME, ReplayNode, spin_until(lambda node: node.done.is_set(), drain=10), args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,18 +21,14 @@ builds a queue.
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import json
 import math
-import threading
-import time
-from typing import Dict, List, Optional
+import sys
+from typing import Dict, List
 
-import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -41,22 +37,24 @@ from std_msgs.msg import String
 
 from hmseg_core.runtime import (
     AUTO,
-    BACKENDS,
+    FrameStream,
     LatencyCache,
     Measurement,
     ModelZoo,
-    default_zoo_path,
     ResizePolicy,
     Segmenter,
     Selection,
-    check_same_classes,
+    backend_names,
+    default_zoo_path,
     device_fingerprint,
     measure_zoo,
     overlay,
     select_variant,
 )
+from hmseg_core.runtime.backends import backend_class
 
 from .image_conv import ImageDecodeError, image_to_rgb, numpy_to_image
+from .node_main import run_node
 
 NODE_NAME = "hmseg_segment"
 MAX_BUDGET_MS = 60_000.0
@@ -77,7 +75,7 @@ PARAMETERS = {
     "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
-    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on its fastest backend recorded here by `hmseg-core bench --record`, else tvm; checkpoints on torch), {', '.join(sorted(BACKENDS))}", True)),
+    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on its fastest backend recorded here by `hmseg-core bench --record`, else tvm; checkpoints on torch), {', '.join(backend_names())}", True)),
     "device": ("cpu", _desc("torch device for the torch backend (cpu, cuda, cuda:1)", True)),
     "threads": (0, _desc("intra-op CPU threads for inference; 0: library default", True, 0, 256)),
     "input_topic": ("/camera/image_raw", _desc("sensor_msgs/Image topic to segment", True)),
@@ -107,7 +105,10 @@ class SegmentNode(Node):
         for name, (default, desc) in PARAMETERS.items():
             self.declare_parameter(name, default, desc)
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self._check_static(p)
+        if p["qos"] not in QOS_CHOICES:
+            raise ValueError(f"qos {p['qos']!r}: use one of {', '.join(QOS_CHOICES)}")
+        if p["backend"] != AUTO:
+            backend_class(p["backend"])  # an unknown backend fails here, naming the choices
         self.backend, self.device = p["backend"], p["device"]
         if p["threads"]:
             import torch
@@ -122,7 +123,7 @@ class SegmentNode(Node):
             self.zoo = ModelZoo.single(p["model"])
         else:
             self.zoo = ModelZoo.load(default_zoo_path())
-        class_names = check_same_classes(self.zoo)
+        class_names = self.zoo.class_names()
         size = self.resize.size if self.resize.mode == "fixed" else (p["expected_height"], p["expected_width"])
         cache = LatencyCache(p["latency_cache"] or LatencyCache.default_path())
         self.measurements: List[Measurement] = measure_zoo(
@@ -131,7 +132,6 @@ class SegmentNode(Node):
         self.fingerprint = device_fingerprint(self.backend, self.device)
         self._selection = self._select(p["latency_budget_ms"])
         self.segmenter = self._load(self._selection)
-        self._pending: Optional[Selection] = None  # a new choice the worker loads between frames
 
         self.declare_parameter("class_names", class_names, _desc("class names of the running model, in id order", True))
         self.declare_parameter("palette", [int(v) for c in self.segmenter.palette for v in c], _desc("palette, r,g,b per class id, flattened", True))
@@ -149,36 +149,15 @@ class SegmentNode(Node):
         self.pub_classes.publish(String(data=json.dumps({"class_names": class_names, "palette": self.segmenter.palette})))
         self._announce(self._selection)
 
-        # statistics (guarded by _lock)
-        self._lock = threading.Lock()
-        self._slot: Optional[tuple] = None
-        self._wake = threading.Event()
-        self.received = self.processed = self.dropped = 0
-        self.bad: Dict[str, int] = collections.Counter()
-        self._latency = collections.deque(maxlen=300)  # (done_time, ms from arrival to publish)
-        self._fps_window: collections.deque = collections.deque(maxlen=1000)
-
+        # the newest frame is processed on the stream's worker; model swaps happen there between frames
+        self.stream: FrameStream[Image, Selection] = FrameStream(self._process, self._swap, self._on_stream_error).start()
         self.add_on_set_parameters_callback(self._validate)
         self.add_post_set_parameters_callback(self._apply)
-        self.create_subscription(Image, p["input_topic"], self._on_image, in_qos)
+        self.create_subscription(Image, p["input_topic"], self.stream.submit, in_qos)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="hmseg_inference", daemon=True)
-        self._worker.start()
         self.get_logger().info(f"segmenting {self.resolve_topic_name(p['input_topic'])} -> {self.pub_labels.topic_name} ({self.backend}, {self.resize})")
 
     # ------------------------------------------------------------------ model choice
-    def _check_static(self, p: Dict) -> None:
-        problems = []
-        if p["backend"] not in BACKENDS and p["backend"] != AUTO:
-            problems.append(f"backend {p['backend']!r} is not available; available: {AUTO}, {', '.join(sorted(BACKENDS))}")
-        if p["qos"] not in QOS_CHOICES:
-            problems.append(f"qos {p['qos']!r}: use one of {', '.join(QOS_CHOICES)}")
-        if p["resize_policy"] not in ("native", "fixed"):
-            problems.append(f"resize_policy {p['resize_policy']!r}: use native or fixed")
-        if problems:
-            raise ValueError("; ".join(problems))
-
     def _select(self, budget_ms: float) -> Selection:
         sel = select_variant(self.measurements, budget_ms)
         log = self.get_logger()
@@ -194,20 +173,12 @@ class SegmentNode(Node):
         return Segmenter(sel.variant.checkpoint, self.backend, self.resize, self.device, sel.variant.name)
 
     def _announce(self, sel: Selection) -> None:
-        doc = {
-            "variant": sel.variant.name,
-            "budget_ms": sel.budget_ms,
-            "fits": sel.fits,
-            "candidates": [
-                {"name": m.variant.name, "miou": m.variant.miou, "p50_ms": m.latency.p50, "p95_ms": m.latency.p95, "cached": m.cached}
-                for m in sel.candidates
-            ],
-        }
-        self.pub_variant.publish(String(data=json.dumps(doc)))
+        self.pub_variant.publish(String(data=json.dumps(sel.to_dict())))
 
     @property
     def selection(self) -> Selection:
-        return self._pending or self._selection
+        """The variant chosen last (the worker may not have loaded it yet)."""
+        return self.stream.pending or self._selection
 
     def _validate(self, params: List[Parameter]) -> SetParametersResult:
         for prm in params:
@@ -221,34 +192,9 @@ class SegmentNode(Node):
                 sel = self._select(prm.value)
                 if sel.variant.name != self.selection.variant.name:
                     self.get_logger().info(f"swapping {self.selection.variant.name} -> {sel.variant.name}")
-                with self._lock:
-                    self._pending = sel
-                self._wake.set()
+                self.stream.request(sel)
 
-    # ------------------------------------------------------------------ frames
-    def _on_image(self, msg: Image) -> None:
-        with self._lock:
-            self.received += 1
-            if self._slot is not None:
-                self.dropped += 1  # stale: a newer frame replaces it
-            self._slot = (msg, time.perf_counter())
-        self._wake.set()
-
-    def _work(self) -> None:
-        while self._running:
-            self._wake.wait(0.1)
-            with self._lock:
-                self._wake.clear()
-                item, self._slot = self._slot, None
-                pending, self._pending = self._pending, None
-            if pending is not None:
-                self._swap(pending)
-            if item is not None:
-                try:
-                    self._process(*item)
-                except Exception as e:  # keep serving the next frames; the failure is logged and counted
-                    self._count_bad("inference", f"inference failed: {type(e).__name__}: {e}")
-
+    # ------------------------------------------------------------------ frames (on the stream's worker)
     def _swap(self, sel: Selection) -> None:
         if sel.variant.name != self._selection.variant.name:
             try:
@@ -260,18 +206,21 @@ class SegmentNode(Node):
         self._announce(sel)
 
     def _count_bad(self, kind: str, message: str) -> None:
-        with self._lock:
-            self.bad[kind] += 1
-            first = self.bad[kind] == 1
-        if first:
+        if self.stream.count_bad(kind):
             self.get_logger().warning(f"bad input ({kind}): {message}; further '{kind}' problems are only counted")
 
-    def _process(self, msg: Image, arrived: float) -> None:
+    def _on_stream_error(self, stage: str, e: BaseException) -> None:
+        if stage == "frame":
+            self._count_bad("inference", f"inference failed: {type(e).__name__}: {e}")
+        else:
+            self.get_logger().error(f"could not apply {stage}: {type(e).__name__}: {e}")
+
+    def _process(self, msg: Image) -> bool:
         try:
             rgb = image_to_rgb(msg)
         except ImageDecodeError as e:
             self._count_bad(e.kind, str(e))
-            return
+            return False
         labels, _ = self.segmenter.segment(rgb)
         if self.get_parameter("publish_labels").value:
             self.pub_labels.publish(numpy_to_image(labels, "mono8", msg.header))
@@ -284,27 +233,13 @@ class SegmentNode(Node):
             if want_overlay:
                 alpha = self.get_parameter("overlay_alpha").value
                 self.pub_overlay.publish(numpy_to_image(overlay(rgb, color, alpha), "rgb8", msg.header))
-        done = time.perf_counter()
-        with self._lock:
-            self.processed += 1
-            self._latency.append((done, 1e3 * (done - arrived)))
-            self._fps_window.append(done)
+        return True
 
     # ------------------------------------------------------------------ diagnostics
     def stats(self) -> Dict:
         """Counters and latency over the last diagnostics window (what /diagnostics reports)."""
-        period = self.get_parameter("diagnostics_period_s").value
-        now = time.perf_counter()
-        with self._lock:
-            recent = [ms for t, ms in self._latency if now - t <= max(period, 5.0)]
-            fps = sum(1 for t in self._fps_window if now - t <= period) / period
-            out = {"received": self.received, "processed": self.processed, "dropped": self.dropped, "bad": dict(self.bad)}
-        out.update(
-            fps=fps,
-            latency_p50_ms=float(np.percentile(recent, 50)) if recent else None,
-            latency_p95_ms=float(np.percentile(recent, 95)) if recent else None,
-            variant=self._selection.variant.name,
-        )
+        out = dataclasses.asdict(self.stream.stats(self.get_parameter("diagnostics_period_s").value))
+        out["variant"] = self._selection.variant.name
         return out
 
     def _publish_diagnostics(self) -> None:
@@ -319,7 +254,7 @@ class SegmentNode(Node):
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         values = {
             "variant": sel.variant.name,
-            "backend": self.backend,
+            "backend": self.segmenter.backend_name,
             "latency_budget_ms": f"{budget:g}",
             "latency_p50_ms": fmt(s["latency_p50_ms"]),
             "latency_p95_ms": fmt(s["latency_p95_ms"]),
@@ -339,24 +274,15 @@ class SegmentNode(Node):
         self.pub_diag.publish(arr)
 
     def destroy_node(self) -> None:
-        self._running = False
-        self._wake.set()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=5.0)
+        stream = getattr(self, "stream", None)  # absent when start-up failed before the stream existed
+        if stream is not None:
+            stream.close()
         super().destroy_node()
 
 
-def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = SegmentNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+def main(args=None) -> int:
+    return run_node(NODE_NAME, SegmentNode, args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,5 +11,5 @@ fi
 # torch is pinned in setup.py (PINS); install it first so nothing pulls a CUDA build.
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "$("$PYTHON" "$ROOT/scripts/pin.py" torch)"
-"$VENV/bin/python" -m pip install --quiet -e "$ROOT[${HMSEG_EXTRAS:-test,ros,tvm,onnx}]"
+"$VENV/bin/python" -m pip install --quiet -e "$ROOT[${HMSEG_EXTRAS:-test,ros,tvm,onnx,openvino}]"
 export PATH="$VENV/bin:$PATH"

@@ -215,7 +215,8 @@ def test_metadata_round_trip(package_dir, checkpoint):
 
 
 def test_latency_record_round_trip(package_copy):
-    from hmseg_core.runtime import device_fingerprint, fingerprint_key
+    from hmseg_core.machine import fingerprint_key
+    from hmseg_core.runtime import device_fingerprint
 
     pkg = ModelPackage.load(package_copy)
     fp = device_fingerprint("tvm", threads=2)
@@ -479,7 +480,7 @@ def test_kernel_profile_covers_every_convolution_and_adds_up_to_the_frame(packag
 def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():
     import os
 
-    from hmseg_core.deploy.bench import set_threads
+    from hmseg_core.machine import set_threads
 
     before = os.sched_getaffinity(0)
     set_threads(1)
@@ -490,7 +491,7 @@ def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():
 THREADS_CHILD = """
 import json, sys, warnings
 import tvm
-from hmseg_core.deploy.tvm_backend import use_tvm_threads
+from hmseg_core.machine import use_tvm_threads
 pool = tvm.get_global_func("runtime.NumThreads")
 if sys.argv[1] == "started":
     pool()  # TVM ran before: the pool exists with the environment's count

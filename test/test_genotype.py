@@ -109,3 +109,22 @@ def test_registry_returns_independent_values():
     assert get_genotype("mrms_tiny", 11).width == 0.5
     with pytest.raises(GenotypeError, match="registered"):
         get_genotype("resnet", 11)
+
+
+@pytest.mark.parametrize("classes", [2, 11])
+def test_genotype_string_keeps_its_class_count(classes, capsys):
+    """A genotype string comes back unchanged from get_genotype and `hmseg-core genotype` (no --classes)."""
+    from hmseg_core.cli import main as cli_main
+
+    s = random_genotype(random.Random(classes)).replace(num_classes=classes).format()
+    assert get_genotype(s).format() == s
+    assert cli_main(["genotype", s]) == 0
+    assert capsys.readouterr().out.strip() == s
+    assert get_genotype(s, 19).num_classes == 19  # a class count given explicitly still replaces it
+    assert cli_main(["genotype", s, "--classes", "19"]) == 0
+    assert Genotype.parse(capsys.readouterr().out.strip()) == Genotype.parse(s).replace(num_classes=19)
+
+
+def test_registered_name_without_class_count_gets_19():
+    assert get_genotype("mrms_tiny").num_classes == 19
+    assert get_genotype("mrms_tiny", 11).num_classes == 11

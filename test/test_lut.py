@@ -10,7 +10,7 @@ from hmseg_core.model import build_model
 from hmseg_core.profile import count_macs, count_params
 from hmseg_core.registry import get_genotype
 from hmseg_core.search.cost import CostModel
-from hmseg_core.search.lut import LatencyTable, LUTError, TorchBackend, check_fidelity, layer_input_sizes
+from hmseg_core.search.lut import LatencyTable, LUTError, TorchTimer, check_fidelity, layer_input_sizes
 from hmseg_core.search.space import SearchSpace
 
 SIZE = (64, 96)
@@ -23,7 +23,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def table(space):
-    return LatencyTable.measure(space, SIZE, TorchBackend(threads=1), warmup=0, repeats=1)
+    return LatencyTable.measure(space, SIZE, TorchTimer(threads=1), warmup=0, repeats=1)
 
 
 def _samples(space, n=4, seed=0):
@@ -53,7 +53,7 @@ def test_layer_input_sizes_match_the_forward_pass(space):
 
 def test_round_trip_and_fingerprint(space, table, tmp_path):
     path = table.save(tmp_path / "lut.json")
-    here = TorchBackend(threads=1).fingerprint()
+    here = TorchTimer(threads=1).fingerprint()
     loaded = LatencyTable.load(path, device=here)
     assert loaded.entries == table.entries and loaded.input_size == SIZE and loaded.settings["passes"] == 3
     g = _samples(space, seed=1)[-1]
@@ -88,7 +88,7 @@ def test_load_errors(table, tmp_path):
 
 
 def test_other_device_is_refused(table, tmp_path):
-    here = TorchBackend(threads=1).fingerprint()
+    here = TorchTimer(threads=1).fingerprint()
     other = dict(table.fingerprint, cpu="Some Other CPU", cores=64)
     path = _write(tmp_path, table, fingerprint=other)
     with pytest.raises(LUTError, match="another device.*cpu: table 'Some Other CPU'"):
@@ -140,7 +140,7 @@ def test_expected_cost_is_exact(space, table):
 
 
 def test_fidelity_report(space, table):
-    report = check_fidelity(table, space, TorchBackend(threads=1), count=2, warmup=0, repeats=1)
+    report = check_fidelity(table, space, TorchTimer(threads=1), count=2, warmup=0, repeats=1)
     assert report["count"] == 2 and len(report["rows"]) == 2
     assert report["rows"][0]["genotype"] == space.base.format()
     assert 0 <= report["median_abs_rel_error"] <= report["worst_abs_rel_error"]
@@ -182,11 +182,11 @@ def test_fidelity_is_not_checked_on_the_calibration_architectures(space, table):
     from hmseg_core.search.lut import CALIBRATION_SEED
 
     with pytest.raises(ValueError, match="calibration"):
-        check_fidelity(table, space, TorchBackend(threads=1), count=2, seed=CALIBRATION_SEED, warmup=0, repeats=1)
+        check_fidelity(table, space, TorchTimer(threads=1), count=2, seed=CALIBRATION_SEED, warmup=0, repeats=1)
 
 
 class ParamClock:
-    """A backend whose 'latency' is k ms per thousand parameters: parts add up to the network exactly."""
+    """A timer whose 'latency' is k ms per thousand parameters: parts add up to the network exactly."""
 
     name = "torch"
 
@@ -194,7 +194,7 @@ class ParamClock:
         self.k = k
 
     def fingerprint(self):
-        return TorchBackend(threads=1).fingerprint()
+        return TorchTimer(threads=1).fingerprint()
 
     def measure(self, module, inputs, warmup, repeats):
         return self.k * sum(p.numel() for p in module.parameters()) / 1e3

@@ -1,23 +1,23 @@
-"""TVM latency backend of the cost table: parts compile to what torch computes, and share kernels with the network."""
+"""TVM timer of the cost table: parts compile to what torch computes, and share kernels with the network."""
 
 import numpy as np
 import pytest
 import torch
 
 from hmseg_core.registry import get_genotype
-from hmseg_core.search.lut import IDENTITY_FIELDS, _random_inputs, decompose
+from hmseg_core.search.lut import IDENTITY_FIELDS, decompose, random_inputs
 
 pytestmark = pytest.mark.tvm
 tvm = pytest.importorskip("tvm", reason="TVM not installed (pip install 'hmseg[tvm]')")
 
-from hmseg_core.search.tvm_lut import TVMBackend  # noqa: E402
+from hmseg_core.search.lut import TVMTimer  # noqa: E402
 
 SIZE = (64, 96)
 
 
 @pytest.fixture(scope="module")
-def backend():
-    return TVMBackend(threads=1)
+def timer():
+    return TVMTimer(threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +25,22 @@ def parts():
     return decompose(get_genotype("mrms_tiny", 11), SIZE)
 
 
-def test_fingerprint_names_the_compiled_target(backend):
-    fp = backend.fingerprint()
+def test_fingerprint_names_the_compiled_target(timer):
+    fp = timer.fingerprint()
     assert set(IDENTITY_FIELDS) <= set(fp) and fp["backend"] == "tvm" and fp["target"].startswith("llvm-")
     assert fp["threads"] == 1 and fp["versions"]["tvm"] == tvm.__version__
 
 
 @pytest.mark.parametrize("kind", ["stem", "layer", "resize", "head"])
-def test_compiled_parts_compute_what_torch_computes(backend, parts, kind):
+def test_compiled_parts_compute_what_torch_computes(timer, parts, kind):
     part = next(p for p in parts if p.kind == kind and (kind != "layer" or ":s2:" in p.key))
     torch.manual_seed(0)
     module = part.build().eval()
-    inputs = _random_inputs(part.inputs, seed=1)
+    inputs = random_inputs(part.inputs, seed=1)
     with torch.no_grad():
         expected = module(*inputs).numpy()
-    np.testing.assert_allclose(backend.compile(module, inputs)().numpy(), expected, rtol=1e-4, atol=1e-5)
-    assert backend.measure(module, inputs, warmup=1, repeats=2) > 0
+    np.testing.assert_allclose(timer.compile(module, inputs)().numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert timer.measure(module, inputs, warmup=1, repeats=2) > 0
 
 
 def test_every_kernel_of_the_network_is_a_kernel_of_its_parts(parts):
@@ -66,7 +66,7 @@ def test_every_kernel_of_the_network_is_a_kernel_of_its_parts(parts):
     for p in parts:
         m = p.build().eval()
         m = fold_batchnorm(m) if any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) else m
-        from_parts.update(kernels(m, _random_inputs(p.inputs)))
+        from_parts.update(kernels(m, random_inputs(p.inputs)))
     missing = sorted(network[h] for h in set(network) - set(from_parts))
     assert not missing, f"network kernels no part has: {missing}"
 

@@ -83,3 +83,27 @@ def test_checkpoint_rebuilds_identical_model():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+def test_shipped_checkpoint_loads_under_the_current_module_names_with_its_logits():
+    """The zoo's checkpoint predates the classifier's move into ``SegmentationHead`` (``classifier.*``
+    -> ``head.classifier.*``): it loads through the key migration and computes what it did before."""
+    from pathlib import Path
+
+    from hmseg_core.checkpoint import load_checkpoint, migrate_state_dict
+
+    path = Path(__file__).resolve().parents[1] / "hmseg_core" / "zoo" / "camvid_mrms_tiny.pt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert "classifier.weight" in raw and "head.classifier.weight" not in raw  # written with the old names
+    assert "head.classifier.weight" in load_checkpoint(path)["model"]
+    assert migrate_state_dict(migrate_state_dict(raw)).keys() == migrate_state_dict(raw).keys()  # idempotent
+    model, _ = model_from_checkpoint(path)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        y = model(x)
+    # per-class mean and spread of the logits, recorded with the module layout the checkpoint was trained in
+    mean = [-3.7553, 0.8181, -0.3856, -2.2465, -0.5152, 3.2698, -0.395, 4.0348, 0.1465, -0.6879, -0.1844]
+    std = [1.277, 0.5119, 0.587, 0.5397, 0.9304, 1.236, 0.6277, 1.4709, 0.6856, 1.0168, 0.5463]
+    assert y.mean((0, 2, 3)).tolist() == pytest.approx(mean, abs=2e-3)
+    assert y.std((0, 2, 3)).tolist() == pytest.approx(std, abs=2e-3)

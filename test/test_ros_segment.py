@@ -233,3 +233,23 @@ def test_burst_to_a_slow_model_drops_stale_frames_instead_of_queueing(zoo, monke
         assert stamps[-1] >= last_stamp - 0.1, (stamps[-1], last_stamp)
     finally:
         spinner.close()
+
+
+@pytest.mark.parametrize("params,names", [
+    (["model:=/nonexistent/model.pt"], "model.pt"),
+    (["zoo:=/nonexistent/zoo.yaml"], "zoo.yaml"),
+    (["qos:=weird"], "qos"),
+    (["backend:=bogus"], "backend"),
+])
+def test_a_node_that_cannot_start_says_why_in_one_line(params, names, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    args = [sys.executable, "-m", "hmseg_ros.segment_node", "--ros-args"] + [a for p in params for a in ("-p", p)]
+    res = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("hmseg_segment: error:") and names in errors[0], res.stderr
+    assert "Traceback" not in res.stderr and list(tmp_path.iterdir()) == []

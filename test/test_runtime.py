@@ -99,7 +99,7 @@ def test_segmenter_rejects_bad_input_and_unknown_backend(ckpt):
     for bad in (rgb().astype(np.float32), rgb()[..., :2], np.zeros((4, 4), np.uint8)):
         with pytest.raises(ValueError, match="RGB uint8"):
             seg(bad)
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; available: onnxruntime, torch, tvm"):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; available: onnxruntime, openvino, openvino-bf16, torch, tvm"):
         Segmenter(ckpt, backend="tensorrt")
 
 
@@ -214,7 +214,7 @@ def test_measure_zoo_measures_once_then_uses_the_cache(tmp_path, ckpt, monkeypat
     def no_segmenter(*a, **k):
         raise AssertionError("measured again despite the cache")
 
-    monkeypatch.setattr("hmseg_core.runtime.Segmenter", no_segmenter)
+    monkeypatch.setattr("hmseg_core.runtime.budget.Segmenter", no_segmenter)
     second = measure_zoo(zoo, (32, 48), cache=cache, iterations=3)
     assert second[0].cached and second[0].latency == first[0].latency
 

@@ -10,7 +10,7 @@ from hmseg_core.cli import main as cli_main
 from hmseg_core.genotype import Genotype
 from hmseg_core.registry import get_genotype
 from hmseg_core.search.config import load_search_config
-from hmseg_core.search.lut import LatencyTable, TorchBackend
+from hmseg_core.search.lut import LatencyTable, TorchTimer
 from hmseg_core.search.searcher import search
 from hmseg_core.search.space import SearchSpace
 
@@ -21,7 +21,7 @@ TINY = dict(crop=(48, 64), scale=(0.75, 1.25), synthetic_train=8, batch_size=2, 
 @pytest.fixture(scope="module")
 def lut_path(tmp_path_factory):
     space = SearchSpace.from_genotype(get_genotype("mrms_tiny", 11), "O+D+R")
-    table = LatencyTable.measure(space, (48, 64), TorchBackend(threads=1), warmup=0, repeats=1)
+    table = LatencyTable.measure(space, (48, 64), TorchTimer(threads=1), warmup=0, repeats=1)
     return str(table.save(tmp_path_factory.mktemp("lut") / "lut.json"))
 
 

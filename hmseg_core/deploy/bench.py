@@ -20,11 +20,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..runtime import Segmenter, device_fingerprint
-from .package import ModelPackage, PackageError
+from ..machine import cpu_model, set_threads, time_calls
+from ..runtime.segmenter import Segmenter
+from ..runtime.source import ModelSource
+from .package import ModelPackage
 
 
 TORCH_COMPILE = "torch.compile"  # bench only: the package's checkpoint through torch.compile (inductor)
+ONNX_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16")  # the backends that run the package's ONNX exports
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO FP32", "openvino-bf16": "OpenVINO BF16",
+          "torch": "PyTorch eager", TORCH_COMPILE: "torch.compile"}
 
 
 @dataclass
@@ -47,25 +52,13 @@ class BenchRow:
         }
 
 
-def set_threads(threads: int) -> Optional[int]:
-    """One thread count for every runtime in this process: torch, ONNX Runtime sessions made later, TVM.
-    Returns the threads TVM's pool runs (see :func:`~hmseg_core.deploy.tvm_backend.use_tvm_threads`), None without TVM."""
-    torch.set_num_threads(threads)
-    try:
-        from .tvm_backend import use_tvm_threads
-
-        return use_tvm_threads(threads)
-    except PackageError:
-        return None  # no TVM here: only the other backends run
-
-
 def _label(seg: Segmenter, size: Tuple[int, int]) -> str:
     if seg.backend_name == "tvm":
         t = seg.backend.library.get("tuning", {})
         tuned = t.get("tasks_tuned", 0) + t.get("tasks_reused", 0)
         label = f"TVM tuned ({tuned}/{t.get('tasks')} tasks)" if tuned else "TVM untuned"
     else:
-        label = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager", TORCH_COMPILE: "torch.compile"}.get(seg.backend_name, seg.backend_name)
+        label = LABELS.get(seg.backend_name, seg.backend_name)
     return label + (", whole frame" if seg.runs_whole_frame(size) else "")
 
 
@@ -93,7 +86,7 @@ def bench(
     for pkg in packages:
         package = ModelPackage.load(pkg)
         for backend in backends:
-            if (backend == "tvm" and not package.libraries) or (backend == "onnxruntime" and package.onnx is None):
+            if (backend == "tvm" and not package.libraries) or (backend in ONNX_BACKENDS and package.onnx is None):
                 log(f"{package.root.name}: no {backend} model in the package, skipped")
                 continue
             h, w = size or package.input_size
@@ -115,11 +108,7 @@ def bench(
         n = min(block, runs - done)
         for row, seg, rgb in rows:
             seg.segment(rgb)  # switching rows: not timed
-            for _ in range(n):
-                t = time.perf_counter()
-                _, timings = seg.segment(rgb)
-                row.total_ms.append(1e3 * (time.perf_counter() - t))
-                row.inference_ms.append(timings.inference)
+            row.total_ms += time_calls(lambda: row.inference_ms.append(seg.segment(rgb)[1].inference), n)
         done += n
         log(f"{done}/{runs} frames per row")
     return [row for row, _, _ in rows]
@@ -127,7 +116,7 @@ def bench(
 
 def format_table(rows: Sequence[BenchRow], threads: int) -> str:
     lines = [
-        f"{threads} threads, {device_fingerprint('-')['cpu']}",
+        f"{threads} threads, {cpu_model()}",
         "| package | size | backend | median ms | p95 ms | end-to-end median ms | runs |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -223,10 +212,10 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
         raise ValueError("runs must be >= 1")
     import tvm
 
-    from .tvm_backend import TVMBackend
+    from ..runtime.backends.tvm_backend import TVMBackend
 
     set_threads(threads)
-    backend = TVMBackend(ModelPackage.load(package))
+    backend = TVMBackend(ModelSource.load(package))
     h, w = backend.input_size
     rng = np.random.default_rng(0)
     if backend.frame:
@@ -249,12 +238,8 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
             calls[name] = calls.get(name, 0) + 1
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
-    frames = []
     backend.vm.set_instrument(instrument)
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        frames.append(1e3 * (time.perf_counter() - t))
+    frames = time_calls(run, runs)
     kernels = [KernelTime(n, calls[n] // runs, 1e3 * totals[n] / runs) for n in totals]
     return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
 

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from ..io import digest
 from .fold import fold_batchnorm
-from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, FRAME_FUNCTION, ONNX, ONNX_LABELS, PARAMS, ModelPackage, sha256
+from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, FRAME_FUNCTION, ONNX, ONNX_LABELS, PARAMS, ModelPackage
 from .targets import TargetDict, cpu_features, cross_compiler, resolve_target, target_key
 from .tuning import TuningOptions, tune_and_apply
 
@@ -173,8 +174,7 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     out.mkdir(parents=True, exist_ok=True)
     h, w = options.input_size
 
-    reference, _ = model_from_checkpoint(ckpt, boosting=False)
-    net = fold_batchnorm(reference.for_inference())
+    net = deploy_network(ckpt)
     log(f"exporting {source.name}: {ckpt['genotype'][:60]}... at {h}x{w}")
 
     # the torch backend's weights: the source checkpoint without training-only state
@@ -201,7 +201,7 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
         "accuracy": {"miou": float(miou)} if miou is not None else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "source_checkpoint": {"name": source.name, "sha256": sha256(source)},
+        "source_checkpoint": {"name": source.name, "sha256": digest(source)},
         "params": {"file": PARAMS, "names": names},
         "libraries": [],
         "onnx": None,

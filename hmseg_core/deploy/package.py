@@ -19,15 +19,14 @@ file is reported as such before it is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..runtime import BackendUnavailable
+from ..io import atomic_write_json, digest
+from ..machine import fingerprint_key
 
 FORMAT = "hmseg-package"
 FORMAT_VERSION = 2  # 2: libraries carry main_transform_params, called once at load
@@ -40,30 +39,9 @@ FRAME_FUNCTION = "labels"  # a library's whole-frame function: RGB uint8 (1, H, 
 REQUIRED = ("format", "format_version", "genotype", "class_names", "palette", "mean", "std", "input_size", "files")
 
 
-class PackageError(BackendUnavailable):
-    """A model package cannot be used here; the message names the file and the fix."""
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, doc: Dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a package is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+class PackageError(ValueError):
+    """A model package cannot be used here (missing, damaged, or built for another machine or TVM);
+    the message names the file and the fix."""
 
 
 class ModelPackage:
@@ -99,7 +77,7 @@ class ModelPackage:
         return cls(root, meta)
 
     def save_metadata(self) -> None:
-        write_json_atomic(self.root / METADATA, self.metadata)
+        atomic_write_json(self.root / METADATA, self.metadata)
 
     # ------------------------------------------------------------------ files
     def path(self, name: str) -> Path:
@@ -110,7 +88,7 @@ class ModelPackage:
             raise PackageError(f"{self.root}: the package lists no file {name!r}; export the package again")
         if not path.is_file():
             raise PackageError(f"{path}: missing from the model package; copy the whole directory or export it again")
-        if sha256(path) != expected:
+        if digest(path) != expected:
             raise PackageError(
                 f"{path}: contents do not match the package metadata (truncated or corrupt copy?); "
                 "copy the package again or export it again"
@@ -119,7 +97,7 @@ class ModelPackage:
 
     def add_file(self, name: str) -> None:
         """Record a file written into the package (its digest)."""
-        self.metadata["files"][name] = sha256(self.root / name)
+        self.metadata["files"][name] = digest(self.root / name)
 
     # ------------------------------------------------------------------ contents
     @property
@@ -136,7 +114,7 @@ class ModelPackage:
         return self.metadata.get("onnx")
 
     def checkpoint(self) -> Dict[str, Any]:
-        """The source checkpoint (what the torch backend runs), carrying this package as ``"package"``.
+        """The source checkpoint (what the torch backend runs).
 
         Metadata wins over the checkpoint for what the package states (classes, palette,
         normalisation), so a package is described by its metadata alone.
@@ -148,13 +126,10 @@ class ModelPackage:
             raise PackageError(f"{e}; export the package again") from None
         for key in ("genotype", "class_names", "palette", "mean", "std"):
             ckpt[key] = self.metadata[key]
-        ckpt["package"] = self
         return ckpt
 
     def record_latency(self, fingerprint: Dict[str, object], key: str, stats: Dict[str, float]) -> None:
-        """Store a latency measurement under its device fingerprint (see ``runtime.device_fingerprint``)."""
-        from ..runtime import fingerprint_key
-
+        """Store a latency measurement under its device fingerprint (:func:`hmseg_core.machine.fingerprint`)."""
         group = self.metadata.setdefault("latency", {}).setdefault(
             fingerprint_key(fingerprint), {"fingerprint": fingerprint, "entries": {}}
         )
@@ -162,8 +137,6 @@ class ModelPackage:
 
     def recorded_latency(self, fingerprint: Dict[str, object], key: str) -> Optional[Dict[str, float]]:
         """The measurement :meth:`record_latency` stored under ``fingerprint`` and ``key``, or None."""
-        from ..runtime import fingerprint_key
-
         group = (self.metadata.get("latency") or {}).get(fingerprint_key(fingerprint)) or {}
         entry = (group.get("entries") or {}).get(key)
         return entry if isinstance(entry, dict) else None
@@ -178,10 +151,3 @@ class ModelPackage:
             + (f", mIoU {100 * acc['miou']:.1f} %" if acc.get("miou") is not None else "")
         )
 
-
-def load_package(root: str | os.PathLike) -> ModelPackage:
-    return ModelPackage.load(root)
-
-
-def is_package(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir()

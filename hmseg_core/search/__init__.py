@@ -5,7 +5,7 @@
 * :mod:`.supernet`  the supernet: one module per candidate, straight-through Gumbel-softmax paths
 * :mod:`.cost`      expected cost under the architecture distribution and the cost loss (Eq. 4)
 * :mod:`.searcher`  the alternating weight / architecture optimisation (Eq. 3), resumable, DDP
-* :mod:`.cli`       the ``hmseg-core lut`` and ``hmseg-core search`` subcommands
 
+The ``hmseg-core lut`` and ``hmseg-core search`` subcommands are in :mod:`hmseg_core.cli.search`.
 Nothing is imported here so that ``hmseg-core --help`` stays fast; import the submodules.
 """

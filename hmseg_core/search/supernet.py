@@ -26,14 +26,14 @@ The supernet is for search only; training, export and ROS see the network built 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..genotype import Genotype
-from ..model import BoostingHead, LightweightHead, ModelOutput, ResolutionLayer, _init_weights, build_model, HMSegNet, resize_to
+from ..model import BoostingHeads, HMSegNet, ModelOutput, ResolutionLayer, SegmentationHead, build_model, init_weights
 from ..ops import ConvBNAct, build_op
 from .space import SearchSpace
 
@@ -118,6 +118,10 @@ class SupernetEncoder(nn.Module):
                 gates.append(gate)
         return feats, gates
 
+    def layers(self) -> List[MixedOp]:
+        """The mixed layers in :attr:`SearchSpace.layers` order, as :meth:`MRMSEncoder.layers` lists the built ones."""
+        return [mixed for stage in self.stages for mixed in stage]
+
 
 class Supernet(nn.Module):
     """Weights of every candidate plus the architecture parameters ``alpha`` and ``beta``."""
@@ -127,18 +131,9 @@ class Supernet(nn.Module):
         self.space = space
         g = space.base
         self.encoder = SupernetEncoder(space)
-        head_ch = g.scaled(g.head_channels)
-        self.head = LightweightHead(self.encoder.out_channels, head_ch, g.lcf, g.lge)
-        self.classifier = nn.Conv2d(head_ch, g.num_classes, 1)
-        c4, c5 = self.encoder.out_channels[1:]
-        self.boost = (
-            nn.ModuleDict({"aux_medium": BoostingHead(c4, head_ch, g.num_classes),
-                           "aux_low": BoostingHead(c5, head_ch, g.num_classes)})
-            if boosting else None
-        )
-        _init_weights(self)
-        for conv in [self.classifier] + ([h[-1] for h in self.boost.values()] if self.boost is not None else []):
-            nn.init.normal_(conv.weight, std=0.01)
+        self.head = SegmentationHead.for_genotype(g, self.encoder.out_channels)
+        self.boost = BoostingHeads.for_genotype(g, self.encoder.out_channels) if boosting else None
+        init_weights(self)
         # uniform initial distributions; fixed choices (one candidate) take no gradient
         self.alpha = nn.ParameterList(
             nn.Parameter(torch.zeros(len(l.candidates)), requires_grad=l.searchable) for l in space.layers
@@ -201,19 +196,16 @@ class Supernet(nn.Module):
         """Run the path ``sample``; outputs as :class:`~hmseg_core.model.HMSegNet` (dict with boosting in training)."""
         size = x.shape[-2:]
         op_w, ratio_w = self._path_weights(sample)
-        (c3, c4, c5), (_, gate4, gate5) = self.encoder(x, sample, op_w, ratio_w)
+        features, (_, gate4, gate5) = self.encoder(x, sample, op_w, ratio_w)
 
         def gated(t: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
             return t if gate is None else t * gate
 
-        logits = gated(resize_to(self.classifier(self.head(c3, c4, c5)), size), gate5)
+        logits = gated(self.head(features, size), gate5)
         if not (self.training and self.boost is not None):
             return logits
-        return {
-            "out": logits,
-            "aux_medium": gated(resize_to(self.boost["aux_medium"](c4), size), gate4),
-            "aux_low": gated(resize_to(self.boost["aux_low"](c5), size), gate5),
-        }
+        aux = self.boost(features, size)
+        return {"out": logits, "aux_medium": gated(aux["aux_medium"], gate4), "aux_low": gated(aux["aux_low"], gate5)}
 
     # ------------------------------------------------------------------ results
     def genotype(self) -> Genotype:
@@ -230,21 +222,12 @@ class Supernet(nn.Module):
         g = genotype or self.genotype()
         ops, _ = self.space.encode(g)
         net = build_model(g, boosting=boosting and self.boost is not None)
-        own = self.state_dict()
-        mapping: Dict[str, str] = {}
-        built_layers = [*(f"encoder.high.{si}.{li}" for si in range(3) for li in range(len(g.stages[si]))),
-                        *(f"encoder.medium.{li}" for li in range(len(g.stages[3]))),
-                        *(f"encoder.low.{li}" for li in range(len(g.stages[4])))]
-        for prefix, layer, k in zip(built_layers, self.space.layers, ops):
-            mapping[prefix + "."] = f"encoder.stages.{layer.stage}.{layer.index}.ops.{k}."
-        mapping["encoder.stem."] = "encoder.stem."
-        state = {}
-        for key in net.state_dict():
-            src = key
-            for new, old in mapping.items():
-                if key.startswith(new):
-                    src = old + key[len(new):]
-                    break
-            state[key] = own[src].clone()
+        # (built module, supernet module holding its weights): the stem, each layer's chosen candidate, the heads
+        pairs = [(net.encoder.stem, self.encoder.stem), (net.head, self.head)]
+        pairs += [(built, mixed.ops[k]) for built, mixed, k in zip(net.encoder.layers(), self.encoder.layers(), ops)]
+        if net.boost is not None:
+            pairs.append((net.boost, self.boost))
+        names = {module: name for name, module in net.named_modules()}
+        state = {f"{names[built]}.{key}": value.clone() for built, own in pairs for key, value in own.state_dict().items()}
         net.load_state_dict(state, strict=True)
         return net

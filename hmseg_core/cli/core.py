@@ -1,31 +1,22 @@
-"""``hmseg-core``: one command-line entry point; each subcommand is a thin layer over the library."""
+"""``hmseg-core models``, ``genotype``, ``train``, ``eval`` and ``demo``: networks, training, evaluation.
+
+Importing this module imports neither torch nor the library; each handler imports what it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _size(text: str) -> tuple:
-    try:
-        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 360x480)") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be >= 16")
-    return h, w
+from . import args as argtypes
 
 
 # ---------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
-    from .profile import count_macs, count_params
-    from .registry import create_model, list_models
+    from ..profile import count_macs, count_params
+    from ..registry import create_model, list_models
 
     rows = []
     variants = [(n, {}) for n in list_models()]
@@ -50,14 +41,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sizes(text: str) -> tuple:
-    size, _, classes = text.partition("@")
-    return _size(size), int(classes or 19)
-
-
 # ---------------------------------------------------------------------------- genotype
 def cmd_genotype(args: argparse.Namespace) -> int:
-    from .registry import get_genotype
+    from ..registry import get_genotype
 
     g = get_genotype(args.model, args.classes)
     print(json.dumps(g.to_dict(), indent=2) if args.json else g.format())
@@ -66,8 +52,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import train
+    from ..config import load_config
+    from ..train import train
 
     cfg = load_config(
         args.config, args.set, model=args.model, data_root=args.data_root, out_dir=args.out,
@@ -81,8 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
-    from .metrics import format_table
+    from ..evaluate import evaluate_checkpoint
+    from ..metrics import format_table
 
     report = evaluate_checkpoint(
         args.checkpoint, args.data_root, args.split, args.layout, args.input_size,
@@ -101,9 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The built-in default job: train and evaluate mrms_tiny on generated street scenes."""
     import torch
 
-    from .checkpoint import model_from_checkpoint
-    from .config import load_config
-    from .train import train
+    from ..checkpoint import model_from_checkpoint
+    from ..config import load_config
+    from ..train import train
 
     out = Path(args.out)
     cfg = load_config(
@@ -132,19 +118,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hmseg-core", description="HMSeg: efficient semantic segmentation networks.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``models``, ``genotype``, ``train``, ``eval`` and ``demo`` to ``sub``."""
     m = sub.add_parser("models", help="list registered variants with params and MACs")
-    m.add_argument("--sizes", type=_sizes, nargs="+", default=[((768, 1536), 19), ((360, 480), 11)], metavar="HxW@CLASSES")
+    m.add_argument("--sizes", type=argtypes.sizes, nargs="+", default=[((768, 1536), 19), ((360, 480), 11)], metavar="HxW@CLASSES")
     m.add_argument("--ablation", action="store_true", help="also list the LCF/LGE ablation switches (paper Table 4)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
     g = sub.add_parser("genotype", help="print a variant's genotype (canonical string or JSON)")
     g.add_argument("model", help="registered name or genotype string")
-    g.add_argument("--classes", type=int, default=19)
+    g.add_argument("--classes", type=int, default=None,
+                   help="class count (default: a genotype string's own; 19 for a registered name)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_genotype)
 
@@ -166,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", required=True)
     e.add_argument("--split", default="val")
     e.add_argument("--layout", choices=["camvid", "cityscapes"])
-    e.add_argument("--input-size", type=_size, help="resize inputs to HxW for the network (labels stay native)")
+    e.add_argument("--input-size", type=argtypes.size, help="resize inputs to HxW for the network (labels stay native)")
     e.add_argument("--save-images", help="folder for colourised predictions")
     e.add_argument("--report", help="write the JSON report here")
     e.add_argument("--threads", type=int, default=0)
@@ -178,45 +163,3 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--threads", type=int, default=0)
     d.set_defaults(func=cmd_demo)
-
-    from . import drive_cli  # noqa: F401  (bag, zoo, replay-eval; imports no ROS until run)
-    from .search import cli as search_cli  # noqa: F401  (lut, search; imports no torch until run)
-    from .deploy import cli as deploy_cli  # noqa: F401  (export, bench; imports no TVM until run)
-
-    for register in _PLUGINS:
-        register(sub)
-    return p
-
-
-# Later subsystems (search, export, bench, ROS bag tools) add their subcommands here.
-_PLUGINS: List[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.datasets import DatasetError
-    from .genotype import GenotypeError
-    from .hardware import retain_freed_memory
-    from .runtime import BackendUnavailable
-
-    args = build_parser().parse_args(argv)
-    retain_freed_memory()
-    try:
-        return args.func(args)
-    except (
-        BackendUnavailable, CheckpointError, ConfigError, DatasetError, GenotypeError, FileExistsError, FileNotFoundError, ValueError
-    ) as e:
-        print(f"hmseg-core {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    # `python -m hmseg_core.cli` runs this file as __main__; use the package module so that
-    # plugins appending to hmseg_core.cli._PLUGINS register with the parser that runs
-    from hmseg_core.cli import main as _main
-
-    sys.exit(_main())

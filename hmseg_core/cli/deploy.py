@@ -1,4 +1,7 @@
-"""``hmseg-core export``, ``bench``, ``profile`` and ``agree`` (registered through :data:`hmseg_core.cli._PLUGINS`)."""
+"""``hmseg-core export``, ``bench``, ``profile`` and ``agree``: model packages, their latency and agreement.
+
+Importing this module imports neither torch nor TVM nor ONNX Runtime; handlers import them when run.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ import math
 import sys
 from pathlib import Path
 
-from .. import cli
-from .tuning import DEFAULT_LAYOUT, LAYOUTS
+from ..tensor_layouts import DEFAULT_LAYOUT, LAYOUTS
+from . import args as argtypes
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportOptions, export_package
-    from .tuning import TuningOptions
+    from ..deploy.export import ExportOptions, export_package
+    from ..deploy.tuning import TuningOptions
 
     if args.trials > 0 and not args.tuning_db:
         raise ValueError("--trials needs --tuning-db DIR (where the records are kept and reused)")
@@ -34,8 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, format_table
-    from .package import ModelPackage
+    from ..deploy.bench import bench, format_table
+    from ..deploy.package import ModelPackage
     from ..runtime import device_fingerprint
 
     if args.record and args.network_only:
@@ -58,7 +61,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_agree(args: argparse.Namespace) -> int:
     from ..data.datasets import SegmentationDataset
-    from .bench import agreement, format_agreement, set_threads
+    from ..deploy.bench import agreement, format_agreement
+    from ..machine import set_threads
 
     set_threads(args.threads)
     data = SegmentationDataset(args.data_root, args.split)
@@ -74,7 +78,7 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .bench import format_kernels, profile_kernels
+    from ..deploy.bench import format_kernels, profile_kernels
 
     frame_ms, kernels = profile_kernels(args.package, args.runs, threads=args.threads)
     print(format_kernels(frame_ms, kernels, args.top))
@@ -82,10 +86,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export``, ``bench``, ``profile`` and ``agree`` to ``sub``."""
     e = sub.add_parser("export", help="checkpoint -> model package (TVM libraries per target, ONNX, metadata)")
     e.add_argument("checkpoint")
     e.add_argument("out", help="package directory to create")
-    e.add_argument("--input-size", type=cli._size, default=(360, 480), metavar="HxW", help="static network input size")
+    e.add_argument("--input-size", type=argtypes.size, default=(360, 480), metavar="HxW", help="static network input size")
     e.add_argument("--target", action="append", default=None,
                    help="host (default), aarch64, cuda, or a TVM target JSON dict; repeat for several")
     e.add_argument("--trials", type=int, default=0, help="MetaSchedule trial budget (0: apply existing records only)")
@@ -103,12 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="interleaved latency of backends on model packages (median, p95)")
     b.add_argument("packages", nargs="+", help="model package directories (e.g. an untuned and a tuned export)")
     b.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime", "torch"],
-                   choices=["tvm", "onnxruntime", "torch", "torch.compile"])
+                   choices=["tvm", "onnxruntime", "openvino", "openvino-bf16", "torch", "torch.compile"])
     b.add_argument("--runs", type=int, default=50)
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--block", type=int, default=10, help="back-to-back timed frames per row in each interleaved sweep")
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--size", type=cli._size, help="image size HxW (default: each package's input size)")
+    b.add_argument("--size", type=argtypes.size, help="image size HxW (default: each package's input size)")
     b.add_argument("--network-only", action="store_true",
                    help="time the network alone between the runtime's own pre- and post-processing, also where the "
                         "package's TVM library or ONNX model holds the whole frame")
@@ -123,15 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=25, help="kernels listed (the rest are summed)")
     p.set_defaults(func=cmd_profile)
 
-    a = sub.add_parser("agree", help="labels and logits of the tvm / onnxruntime backends against torch on real frames")
+    a = sub.add_parser("agree", help="labels and logits of the compiled backends against torch on real frames")
     a.add_argument("package", help="model package directory")
     a.add_argument("--data-root", required=True, help="data set root (CamVid or Cityscapes layout)")
     a.add_argument("--split", default="val")
     a.add_argument("--frames", type=int, default=0, help="first N frames of the split (0: all)")
-    a.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime"], choices=["tvm", "onnxruntime"])
+    a.add_argument("--backends", nargs="+", default=["tvm", "onnxruntime"], choices=["tvm", "onnxruntime", "openvino", "openvino-bf16"])
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--json", help="write the rows here")
     a.set_defaults(func=cmd_agree)
 
-
-cli._PLUGINS.append(register)

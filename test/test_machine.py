@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from hmseg_core.hardware import RETAIN_ENV, allocator, retain_freed_memory
+from hmseg_core.machine import RETAIN_ENV, allocator, retain_freed_memory
 
 # allocate, touch and free a 64 MiB tensor (above glibc's largest mmap threshold) ten times, once warm
 CHILD = """
 import json, resource, sys, torch
-from hmseg_core.hardware import retain_freed_memory
+from hmseg_core.machine import retain_freed_memory
 on = retain_freed_memory() if sys.argv[1] == "retain" else False
 for _ in range(10):  # warm-up: the first few allocations fault their pages in either way
     torch.empty(16 * 2**20).fill_(1.0)

@@ -1,229 +1,51 @@
-"""Cost lookup table (LUT): every candidate of a search space measured on the target.
-
-A network of the MRMS family is cut into *parts* whose costs add up: the stem, each
-backbone layer, the two resolution layers and the head (LCF/LGE head + classifier + the
-final upsampling). A part's cost depends on what it is and on the input shape it sees, so
-an entry is keyed by exactly that, e.g. ``layer:ir_k5_e3:16>16:s1:d2:23x30``; the shapes
-seen by the medium and low branches follow from the upstream resolution choices. Layers
-with the same signature share one entry, and a genotype's predicted cost is the sum of its
-parts' entries (:meth:`LatencyTable.predict`).
+"""The latency table: every part of a search space measured on the target, in a versioned file.
 
 Each entry holds the median latency (ms) over repeated runs after warm-up, measured by a
-:class:`Backend`, plus MACs and parameters as hardware-agnostic costs.
+:class:`~hmseg_core.search.lut.timers.Timer`, plus MACs and parameters as hardware-agnostic
+costs; a genotype's predicted cost is the sum of its parts' entries (:meth:`LatencyTable.predict`).
 
 Parts timed one by one add up to less than the whole network takes: in isolation a part's
 input and weights stay in cache, and the glue between parts (the head's concatenation,
 allocation of intermediate tensors) is nowhere in the sum. The table therefore carries a
 latency **calibration** ``measured ≈ scale · Σ parts``, the median ratio over a few random
-architectures of the space measured end to end while the table is built (:class:`Calibration`); :meth:`LatencyTable.predict` and the search's expected cost apply it.
-MACs and parameters add up exactly and are never calibrated. The table is a
-versioned JSON file with the fingerprint of the device it was measured on; loading it on a
-different device, or looking up a part it does not hold, raises :class:`LUTError`.
-
-Backends: :class:`TorchBackend` (eager PyTorch, CPU or CUDA) and
-:class:`hmseg_core.search.tvm_lut.TVMBackend` (each part BN-folded, compiled for the target
-by TVM, optionally tuned into the records database the final networks' export reuses).
+architectures of the space measured end to end while the table is built (:class:`Calibration`);
+:meth:`LatencyTable.predict` and the search's expected cost apply it. MACs and parameters add
+up exactly and are never calibrated. The table is a JSON file with the fingerprint of the
+device it was measured on (:func:`hmseg_core.machine.fingerprint`); loading it on a different
+device, or looking up a part it does not hold, raises :class:`LUTError`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
-from ..hardware import allocator, cpu_model, retain_freed_memory
-from ..genotype import Genotype
-from ..model import LightweightHead, ResolutionLayer, build_model, resize_to
-from ..ops import ConvBNAct, build_op
-from ..profile import count_macs_on, count_params
-from .space import SearchSpace
+from ...genotype import Genotype
+from ...io import atomic_write_json
+from ...machine import IDENTITY_FIELDS
+from ...model import build_model
+from ...profile import count_macs_on, count_params
+from ..space import SearchSpace
+from .parts import decompose, random_inputs, space_parts
+from .timers import Timer
 
 FORMAT = "hmseg-latency-table"
 VERSION = 1
 METRICS = ("latency_ms", "macs", "params")
-#: Fingerprint fields that must match for a latency table to be valid on this device.
-IDENTITY_FIELDS = ("backend", "target", "cpu", "cores", "threads", "allocator", "tvm_threads")
-
-Shape = Tuple[int, int, int]  # (C, H, W), batch 1
 
 
 class LUTError(ValueError):
     """A latency table is unreadable, from another device, or lacks an entry."""
-
-
-# ---------------------------------------------------------------------------- parts
-def _conv_out(size: int, stride: int) -> int:
-    # odd kernels padded by (k-1)//2 * dilation: out = floor((size - 1) / stride) + 1
-    return (size - 1) // stride + 1
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def layer_key(op: str, c_in: int, c_out: int, stride: int, dilation: int, hw: Sequence[int]) -> str:
-    """Entry key of one backbone layer (channels after the width multiplier)."""
-    return f"layer:{op}:{c_in}>{c_out}:s{stride}:d{dilation}:{_fmt(hw)}"
-
-
-class _HeadPart(nn.Module):
-    """Head + classifier + upsampling to the input size: what follows the backbone."""
-
-    def __init__(self, genotype: Genotype, in_channels: Sequence[int], size: Tuple[int, int]) -> None:
-        super().__init__()
-        head_ch = genotype.scaled(genotype.head_channels)
-        self.head = LightweightHead(in_channels, head_ch, genotype.lcf, genotype.lge)
-        self.classifier = nn.Conv2d(head_ch, genotype.num_classes, 1)
-        self.size = size
-
-    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> torch.Tensor:
-        return resize_to(self.classifier(self.head(c3, c4, c5)), self.size)
-
-
-@dataclass(frozen=True)
-class Part:
-    """One measurable piece of a network: its key, input shapes and a factory for the module."""
-
-    key: str
-    kind: str  # stem | layer | resize | head
-    inputs: Tuple[Shape, ...]
-    build: Callable[[], nn.Module] = field(compare=False, repr=False)
-
-
-def layer_input_sizes(genotype: Genotype, input_size: Sequence[int]) -> List[Tuple[int, int]]:
-    """Spatial size ``(H, W)`` seen by each backbone layer, in :meth:`Genotype.iter_layers` order."""
-    hw = (_conv_out(input_size[0], 2), _conv_out(input_size[1], 2))
-    sizes = []
-    for si, li, _, gene in genotype.iter_layers():
-        if li == 0 and si >= 3:  # resolution layer in front of the medium / low branch
-            hw = ResolutionLayer.out_size(hw, genotype.ratios[si - 3])
-        sizes.append(hw)
-        hw = (_conv_out(hw[0], gene.stride), _conv_out(hw[1], gene.stride))
-    return sizes
-
-
-def decompose(genotype: Genotype, input_size: Sequence[int]) -> List[Part]:
-    """The parts of ``genotype``'s inference network at ``input_size``; their costs add up."""
-    g, (h, w) = genotype, input_size
-    stem_c = g.scaled(g.stem_channels)
-    parts = [Part(f"stem:{stem_c}:{_fmt((h, w))}", "stem", ((3, h, w),), lambda: ConvBNAct(3, stem_c, 3, stride=2))]
-    sizes = layer_input_sizes(g, input_size)
-    branch_out: List[Shape] = []
-    for (si, li, c_in, gene), hw in zip(g.iter_layers(), sizes):
-        cin, cout = g.scaled(c_in), g.scaled(gene.channels)
-        if li == 0 and si >= 3:
-            prev = branch_out[-1]
-            ratio = g.ratios[si - 3]
-            parts.append(Part(f"resize:{_fmt(prev)}>{_fmt(hw)}", "resize", (prev,), lambda r=ratio: ResolutionLayer(r)))
-        key = layer_key(gene.op, cin, cout, gene.stride, gene.dilation, hw)
-        op, s, d = gene.op, gene.stride, gene.dilation
-        parts.append(Part(key, "layer", ((cin, *hw),), lambda op=op, a=cin, b=cout, s=s, d=d: build_op(op, a, b, s, d)))
-        if li == len(g.stages[si]) - 1 and si >= 2:  # C3, C4, C5
-            branch_out.append((cout, _conv_out(hw[0], gene.stride), _conv_out(hw[1], gene.stride)))
-    c3, c4, c5 = branch_out
-    head_key = (
-        f"head:{g.num_classes}:{g.scaled(g.head_channels)}:lcf{int(g.lcf)}:lge{int(g.lge)}:"
-        f"{_fmt(c3)}:{_fmt(c4)}:{_fmt(c5)}>{_fmt((h, w))}"
-    )
-    parts.append(Part(head_key, "head", (c3, c4, c5), lambda: _HeadPart(g, (c3[0], c4[0], c5[0]), (h, w))))
-    return parts
-
-
-def space_parts(space: SearchSpace, input_size: Sequence[int]) -> Dict[str, Part]:
-    """Every distinct part of every architecture in ``space`` (each layer candidate under each ratio pair)."""
-    parts: Dict[str, Part] = {}
-    for combo in itertools.product(*(range(len(c)) for c in space.ratio_choices)):
-        for k in range(max(len(l.candidates) for l in space.layers)):
-            ops = [min(k, len(l.candidates) - 1) for l in space.layers]
-            for part in decompose(space.genotype(ops, combo), input_size):
-                parts.setdefault(part.key, part)
-    return parts
-
-
-# ---------------------------------------------------------------------------- backends
-class Backend(Protocol):
-    """Runs modules on the target and reports their latency."""
-
-    name: str
-
-    def fingerprint(self) -> Dict[str, Any]:
-        """The device and software identity; :data:`IDENTITY_FIELDS` must be among the keys."""
-        ...
-
-    def measure(self, module: nn.Module, inputs: Sequence[torch.Tensor], warmup: int, repeats: int) -> float:
-        """Median latency in ms of ``module(*inputs)`` over ``repeats`` runs after ``warmup`` runs."""
-        ...
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class TorchBackend:
-    """Eager PyTorch in inference mode (fp32, batch 1)."""
-
-    name = "torch"
-
-    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
-        self.device = torch.device(device)
-        retain_freed_memory()  # as deployment runs: see hmseg_core.hardware
-        if threads:
-            torch.set_num_threads(threads)
-
-    def fingerprint(self) -> Dict[str, Any]:
-        target = "cpu" if self.device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return {
-            "backend": self.name,
-            "target": target,
-            "cpu": cpu_model(),
-            "cores": _cores(),
-            "threads": torch.get_num_threads(),
-            "allocator": allocator(),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        }
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @torch.inference_mode()
-    def measure(self, module: nn.Module, inputs: Sequence[torch.Tensor], warmup: int, repeats: int) -> float:
-        if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
-        module = module.to(self.device).eval()
-        inputs = [x.to(self.device) for x in inputs]
-        for _ in range(warmup):
-            module(*inputs)
-        self._sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(*inputs)
-            self._sync()
-            times.append(time.perf_counter() - t0)
-        return 1000.0 * statistics.median(times)
-
-
-# ---------------------------------------------------------------------------- the table
-def _random_inputs(shapes: Iterable[Shape], seed: int = 0) -> List[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, *s, generator=gen) for s in shapes]
 
 
 @dataclass(frozen=True)
@@ -260,7 +82,7 @@ class Calibration:
 
 
 def measure_networks(
-    genotypes: Sequence[Genotype], input_size: Sequence[int], backend: Backend, warmup: int, repeats: int,
+    genotypes: Sequence[Genotype], input_size: Sequence[int], timer: Timer, warmup: int, repeats: int,
     passes: int = 5, seed: int = 0,
 ) -> List[float]:
     """End-to-end latency (ms) of each genotype's inference network, measured interleaved.
@@ -273,14 +95,14 @@ def measure_networks(
     for g in genotypes:
         torch.manual_seed(seed)
         nets.append(build_model(g, boosting=False).eval())
-    x = _random_inputs([(3, *input_size)])
+    x = random_inputs([(3, *input_size)])
     for net in nets:
-        backend.measure(net, x, max(10, warmup), 1)  # allocations, thread pool, caches: before any timing
+        timer.measure(net, x, max(10, warmup), 1)  # allocations, thread pool, caches: before any timing
     per_pass = max(1, -(-repeats // max(1, passes)))
     times: List[List[float]] = [[] for _ in nets]
     for _ in range(max(1, passes)):
         for i, net in enumerate(nets):
-            times[i].append(backend.measure(net, x, 1, per_pass))
+            times[i].append(timer.measure(net, x, 1, per_pass))
     return [statistics.median(t) for t in times]
 
 
@@ -306,14 +128,14 @@ class LatencyTable:
         cls,
         space: SearchSpace,
         input_size: Sequence[int],
-        backend: Backend,
+        timer: Timer,
         warmup: int = 5,
         repeats: int = 20,
         progress: bool = False,
         calibrate: int = 10,
         passes: int = 3,
     ) -> "LatencyTable":
-        """Measure every part of every architecture of ``space`` at ``input_size`` with ``backend``, then
+        """Measure every part of every architecture of ``space`` at ``input_size`` with ``timer``, then
         ``calibrate`` random architectures end to end for the latency :class:`Calibration` (0: none).
 
         Each part is timed in ``passes`` separate sweeps over all parts and keeps the median of
@@ -328,20 +150,20 @@ class LatencyTable:
         for i, (key, part) in enumerate(parts.items()):
             torch.manual_seed(i)
             module = part.build().eval()
-            inputs = _random_inputs(part.inputs, seed=i)
+            inputs = random_inputs(part.inputs, seed=i)
             built.append((key, module, inputs))
             entries[key] = {"macs": int(count_macs_on(module, inputs)), "params": int(count_params(module))}
         times: Dict[str, List[float]] = {key: [] for key in parts}
         with tqdm(total=passes * len(built), desc="lut", unit="part", disable=not progress) as bar:
             for _ in range(passes):
                 for key, module, inputs in built:
-                    times[key].append(backend.measure(module, inputs, warmup, repeats))
+                    times[key].append(timer.measure(module, inputs, warmup, repeats))
                     bar.update()
         for key in parts:
             entries[key]["latency_ms"] = statistics.median(times[key])
         table = cls(
             entries=entries,
-            fingerprint=backend.fingerprint(),
+            fingerprint=timer.fingerprint(),
             input_size=(int(input_size[0]), int(input_size[1])),
             base=space.base.format(),
             ratio_choices=space.ratio_choices,
@@ -349,11 +171,11 @@ class LatencyTable:
                       "batch": 1, "dtype": "float32",
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
-        table.calibrate(space, backend, calibrate, warmup, repeats, progress)
+        table.calibrate(space, timer, calibrate, warmup, repeats, progress)
         return table
 
     def calibrate(
-        self, space: SearchSpace, backend: Backend, count: int = 10, warmup: int = 5, repeats: int = 20,
+        self, space: SearchSpace, timer: Timer, count: int = 10, warmup: int = 5, repeats: int = 20,
         progress: bool = False,
     ) -> Calibration:
         """Measure ``count`` random architectures of ``space`` end to end now and fit the latency
@@ -369,7 +191,7 @@ class LatencyTable:
             return self.calibration
         if progress:
             print(f"calibration: {count} networks end to end, interleaved", file=sys.stderr)
-        measured = measure_networks(nets, self.input_size, backend, warmup, repeats)
+        measured = measure_networks(nets, self.input_size, timer, warmup, repeats)
         if self.calibration.rows:
             history = self.settings.setdefault("calibrations", [])
             history.append({"scale": self.calibration.scale, "offset_ms": self.calibration.offset_ms,
@@ -392,24 +214,14 @@ class LatencyTable:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON file atomically (temporary file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the JSON file atomically (:func:`hmseg_core.io.atomic_write_json`)."""
+        path = atomic_write_json(path, self.to_dict(), indent=1, sort_keys=True)
         self.source = str(path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: Optional[Dict[str, Any]] = None) -> "LatencyTable":
-        """Read a table; with ``device`` (a backend fingerprint), refuse a table measured elsewhere."""
+        """Read a table; with ``device`` (a timer's fingerprint), refuse a table measured elsewhere."""
         path = Path(path)
         if not path.is_file():
             raise LUTError(f"{path}: latency table not found (build one with 'hmseg-core lut build')")
@@ -499,7 +311,7 @@ class LatencyTable:
 def check_fidelity(
     table: LatencyTable,
     space: SearchSpace,
-    backend: Backend,
+    timer: Timer,
     count: int = 10,
     seed: int = 0,
     warmup: int = 5,
@@ -516,7 +328,7 @@ def check_fidelity(
     rng = random.Random(seed)
     genotypes = [space.base] + [space.sample(rng) for _ in range(max(0, count - 1))]
     rows = []
-    for g, measured in zip(genotypes, measure_networks(genotypes, table.input_size, backend, warmup, repeats, seed=seed)):
+    for g, measured in zip(genotypes, measure_networks(genotypes, table.input_size, timer, warmup, repeats, seed=seed)):
         predicted, raw = table.predict(g), table.predict(g, calibrated=False)
         rows.append({"genotype": g.format(), "predicted_ms": predicted, "sum_of_parts_ms": raw, "measured_ms": measured,
                      "rel_error": (predicted - measured) / measured, "raw_rel_error": (raw - measured) / measured})
@@ -534,6 +346,6 @@ def check_fidelity(
         "calibration": {"scale": table.calibration.scale, "offset_ms": table.calibration.offset_ms,
                         "architectures": len(table.calibration.rows)},
         "rows": rows,
-        "fingerprint": backend.fingerprint(),
+        "fingerprint": timer.fingerprint(),
         "input_size": list(table.input_size),
     }

@@ -1,4 +1,4 @@
-"""``hmseg-core lut build|check|recalibrate`` and ``hmseg-core search``; registered through :data:`hmseg_core.cli._PLUGINS`.
+"""``hmseg-core lut build|check|recalibrate`` and ``hmseg-core search``: cost tables and architecture search.
 
 Importing this module imports neither torch nor the search code; handlers import them when run.
 """
@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from .. import cli
-from ..deploy.tuning import LAYOUTS
+from ..tensor_layouts import DEFAULT_LAYOUT, LAYOUTS
+from . import args as argtypes
 
 
 def _backend(args: argparse.Namespace, name: str):
@@ -18,8 +18,8 @@ def _backend(args: argparse.Namespace, name: str):
     if name == "tvm":
         from pathlib import Path
 
-        from ..deploy.tuning import DEFAULT_LAYOUT, TuningOptions
-        from .tvm_lut import TVMBackend
+        from ..deploy.tuning import TuningOptions
+        from ..search.lut import TVMTimer
 
         trials = getattr(args, "trials_per_part", 0)
         db = getattr(args, "tuning_db", None)
@@ -27,17 +27,17 @@ def _backend(args: argparse.Namespace, name: str):
             raise ValueError("--trials-per-part needs --tuning-db DIR (the records the final networks' export reuses)")
         tuning = TuningOptions(trials=trials, trials_per_task=max(1, trials), db_root=Path(db) if db else None,
                                layout=getattr(args, "layout", None) or DEFAULT_LAYOUT)
-        return TVMBackend(getattr(args, "target", "host"), args.threads, tuning)
+        return TVMTimer(getattr(args, "target", "host"), args.threads, tuning)
     if name != "torch":
         raise ValueError(f"unknown latency backend {name!r}; use torch or tvm")
-    from .lut import TorchBackend
+    from ..search.lut import TorchTimer
 
-    return TorchBackend(args.device, args.threads)
+    return TorchTimer(args.device, args.threads)
 
 
 def _table_backend(args: argparse.Namespace, path: str):
     """The backend a table was measured with, set up like it was (to check and extend it on this device)."""
-    from .lut import LatencyTable
+    from ..search.lut import LatencyTable
 
     fingerprint = LatencyTable.load(path).fingerprint
     args.layout = fingerprint.get("layout")
@@ -48,8 +48,8 @@ def _table_here(args: argparse.Namespace):
     """``(backend, table, space)``: ``args.table`` loaded for this device, its backend set up as it was
     built, and the O+D+R space around its base."""
     from ..genotype import Genotype
-    from .lut import LatencyTable
-    from .space import SearchSpace
+    from ..search.lut import LatencyTable
+    from ..search.space import SearchSpace
 
     backend = _table_backend(args, args.table)
     table = LatencyTable.load(args.table, device=backend.fingerprint())
@@ -58,8 +58,8 @@ def _table_here(args: argparse.Namespace):
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
     from ..registry import get_genotype
-    from .lut import LatencyTable
-    from .space import SearchSpace
+    from ..search.lut import LatencyTable
+    from ..search.space import SearchSpace
 
     space = SearchSpace.from_genotype(get_genotype(args.base, args.classes), "O+D+R", args.ratios)
     print(space.describe(), file=sys.stderr)
@@ -74,7 +74,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_check(args: argparse.Namespace) -> int:
-    from .lut import check_fidelity
+    from ..search.lut import check_fidelity
 
     backend, table, space = _table_here(args)
     report = check_fidelity(table, space, backend, args.genotypes, args.seed, args.warmup, args.repeats, progress=True)
@@ -100,9 +100,9 @@ def cmd_lut_recalibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .config import load_search_config
-    from .lut import LatencyTable
-    from .searcher import search
+    from ..search.config import load_search_config
+    from ..search.lut import LatencyTable
+    from ..search.searcher import search
 
     cfg = load_search_config(
         args.config, args.set, base=args.base, space=args.space, lut=args.lut, metric=args.metric, target=args.target,
@@ -119,13 +119,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ratios(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated ratios (e.g. 0.4,0.5,0.6)") from None
-
-
 def _add_measure_args(p: argparse.ArgumentParser, repeats: int) -> None:
     p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (part of the fingerprint)")
@@ -134,13 +127,14 @@ def _add_measure_args(p: argparse.ArgumentParser, repeats: int) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lut build|check|recalibrate`` and ``search`` to ``sub``."""
     lut = sub.add_parser("lut", help="cost lookup table of a search space (latency, MACs, params)")
     lsub = lut.add_subparsers(dest="lut_command", required=True)
     b = lsub.add_parser("build", help="measure every candidate of the O+D+R space around a base genotype")
     b.add_argument("--base", default="mrms_tiny", help="registered model or genotype string")
     b.add_argument("--classes", type=int, default=11)
-    b.add_argument("--input-size", type=cli._size, default=(360, 480), help="deployment input HxW")
-    b.add_argument("--ratios", type=_ratios, default=(0.4, 0.5, 0.6), help="resolution ratio choices")
+    b.add_argument("--input-size", type=argtypes.size, default=(360, 480), help="deployment input HxW")
+    b.add_argument("--ratios", type=argtypes.ratios, default=(0.4, 0.5, 0.6), help="resolution ratio choices")
     b.add_argument("--out", required=True, help="table file (JSON)")
     b.add_argument("--passes", type=int, default=3, help="sweeps over all parts; each part keeps the median over sweeps")
     b.add_argument("--calibrate", type=int, default=10, metavar="N",
@@ -190,5 +184,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--any-device", action="store_true", help="accept a latency table measured on another device")
     s.set_defaults(func=cmd_search)
 
-
-cli._PLUGINS.append(register)

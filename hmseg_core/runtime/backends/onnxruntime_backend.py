@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model import resize_to
-from .package import ModelPackage, PackageError
+from ...deploy.package import PackageError
+from ...model import resize_to
+from ..source import ModelSource
+from . import BackendUnavailable, require_package
 
 
 class OnnxRuntimeBackend:
@@ -14,11 +16,12 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0) -> None:
+        package = require_package(self.name, model)
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise PackageError(f"the onnxruntime backend needs ONNX Runtime: pip install 'hmseg[onnx]' ({e})") from None
+            raise BackendUnavailable(f"the onnxruntime backend needs ONNX Runtime: pip install 'hmseg[onnx]' ({e})") from None
         if package.onnx is None:
             raise PackageError(f"{package.root}: the package has no ONNX model; export it again without --no-onnx")
         path = package.path(package.onnx["file"])

@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import warnings
-from importlib import metadata as _metadata
 from typing import Any, Dict, List
 
 import numpy as np
 import torch
 
-from ..model import resize_to
-from .package import ModelPackage, PackageError
-from .targets import cpu_features, host_arch, host_target, target_arch
-from .tuning import TRANSFORM_PARAMS, transform_params
+from ...deploy.package import ModelPackage, PackageError
+from ...deploy.targets import cpu_features, host_arch, host_target, target_arch
+from ...deploy.tuning import TRANSFORM_PARAMS, transform_params
+from ...machine import use_tvm_threads
+from ...model import resize_to
+from ..source import ModelSource
+from . import BackendUnavailable, require_package
 
 
 def _installed_tvm() -> str:
     try:
         import tvm
     except ImportError as e:
-        raise PackageError(f"the tvm backend needs TVM: pip install 'hmseg[tvm]' ({e})") from None
+        raise BackendUnavailable(f"the tvm backend needs TVM: pip install 'hmseg[tvm]' ({e})") from None
     return tvm.__version__
-
-
-def use_tvm_threads(threads: int) -> int:
-    """Run TVM's CPU kernels on ``threads`` threads; returns the count TVM's pool now uses.
-
-    TVM sizes its thread pool once, when the pool starts, from ``TVM_NUM_THREADS`` (else
-    ``OMP_NUM_THREADS``, else half the logical CPUs on x86-64, to "ignore hyper-threading"). On a
-    2-core CPU without hyper-threads that default is one thread: every kernel ran on one core
-    while ONNX Runtime and PyTorch used both (mrms_tiny at 360x480, tuned: 16.0 ms against 10.0 ms
-    on two threads, docs/RESULTS.md). ``runtime.config_threadpool`` lowers the count of a running
-    pool but cannot raise it above the pool's size, so the variable is set before the pool starts
-    (it also reaches the processes started from here: MetaSchedule's measuring workers).
-    Starting the pool, and ``config_threadpool``, pin the calling thread to one core, and every
-    thread started from it afterwards (PyTorch's OpenMP pool, ONNX Runtime's, DDS threads) would
-    inherit that pin, so the caller's affinity is restored at once."""
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    _installed_tvm()
-    import tvm
-
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    pool_threads = tvm.get_global_func("runtime.NumThreads")
-    try:
-        if pool_threads() != threads:  # the first call starts the pool, if it has not started
-            tvm.get_global_func("runtime.config_threadpool")(0, threads)
-    finally:
-        if saved is not None:
-            os.sched_setaffinity(0, saved)
-    used = int(pool_threads())
-    if used < threads:
-        warnings.warn(
-            f"TVM's thread pool started earlier in this process with {used} thread(s) and cannot grow to {threads}; "
-            f"set TVM_NUM_THREADS={threads} in the environment before starting the program",
-            RuntimeWarning, stacklevel=2,
-        )
-    return used
 
 
 def select_library(package: ModelPackage, device: str) -> Dict[str, Any]:
@@ -97,7 +60,8 @@ class TVMBackend:
 
     name = "tvm"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0) -> None:
+        package = require_package(self.name, model)
         installed = _installed_tvm()
         lib = select_library(package, device)
         if lib.get("tvm") != installed:

@@ -1,0 +1,86 @@
+"""The OpenVINO backend on a package's ONNX exports: the same labels as torch, the whole frame, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hmseg_core.checkpoint import atomic_save, make_checkpoint
+from hmseg_core.registry import create_model
+from hmseg_core.runtime import BackendUnavailable, Segmenter
+
+ov = pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'hmseg[openvino]')")
+pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install 'hmseg[onnx]')")
+
+from hmseg_core.deploy.export import ExportOptions, export_package  # noqa: E402
+from hmseg_core.deploy.package import PackageError  # noqa: E402
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("mrms_tiny", 11).eval()
+    for m in model.modules():  # a fresh network's logits are ~1e-5 apart: argmax would compare noise
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+    names = [f"class{i}" for i in range(11)]
+    palette = [[i * 20, 255 - i * 20, i * 7] for i in range(11)]
+    path = tmp_path_factory.mktemp("ov") / "tiny.pt"
+    atomic_save(make_checkpoint(model, names, palette, [0.4, 0.4, 0.4], [0.25, 0.25, 0.25], {}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(checkpoint, tmp_path_factory):
+    """An ONNX-only package: no TVM library is compiled."""
+    out = tmp_path_factory.mktemp("ov") / "pkg"
+    export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=()), log=lambda s: None)
+    return out
+
+
+def _images(n, size=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_fp32_labels_and_logits_equal_torch(package):
+    ref = Segmenter(package, backend="torch")
+    seg = Segmenter(package, backend="openvino", whole_frame=False)
+    assert seg.backend_name == "openvino" and not seg.runs_whole_frame(SIZE)
+    for rgb in _images(3):
+        np.testing.assert_array_equal(seg(rgb), ref(rgb))
+    other = _images(1, (48, 80), seed=5)[0]  # another size runs at the package's, labels come back at its own
+    assert seg(other).shape == (48, 80)
+    x = torch.rand(1, 3, *SIZE)
+    torch.testing.assert_close(seg.backend.forward(x), ref.backend.forward(x), rtol=1e-3, atol=1e-4)
+
+
+def test_the_whole_frame_runs_in_one_call_and_agrees(package):
+    ref = Segmenter(package, backend="torch")
+    seg = Segmenter(package, backend="openvino")
+    assert seg.runs_whole_frame(SIZE)
+    for rgb in _images(3, seed=1):
+        labels, timings = seg.segment(rgb)
+        assert timings.preprocess == 0.0 and labels.dtype == np.uint8
+        np.testing.assert_array_equal(labels, ref(rgb))
+
+
+def test_bf16_is_an_explicit_backend_of_its_own(package):
+    ref = Segmenter(package, backend="torch")
+    seg = Segmenter(package, backend="openvino-bf16")
+    assert seg.backend.precision == "bf16"
+    same = np.mean([np.mean(seg(rgb) == ref(rgb)) for rgb in _images(3, seed=2)])
+    assert same > 0.9  # bf16 moves some labels (about 1 % on CamVid val), never most of them
+
+
+def test_errors_name_the_fix(package, checkpoint, tmp_path):
+    with pytest.raises(BackendUnavailable, match="hmseg-core export"):
+        Segmenter(checkpoint, backend="openvino")  # a checkpoint is not a package
+    with pytest.raises(BackendUnavailable, match="runs on the CPU"):
+        Segmenter(package, backend="openvino", device="cuda")
+    bare = tmp_path / "bare"
+    export_package(checkpoint, bare, ExportOptions(input_size=SIZE, targets=(), onnx=False), log=lambda s: None)
+    with pytest.raises(PackageError, match="no ONNX model"):
+        Segmenter(bare, backend="openvino")

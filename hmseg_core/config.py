@@ -48,6 +48,12 @@ class TrainConfig:
     # speed: channels-last activations and bfloat16 autocast (weights, optimizer and loss stay fp32)
     channels_last: bool = False
     precision: str = "fp32"  # fp32 | bf16
+    # distillation (FasterSeg's teacher -> student): T^2 * KL(teacher || student) of the class
+    # distributions softened by the temperature T, on the main output, beside the label loss
+    teacher: str = ""  # a trained checkpoint predicting the data set's classes; empty: no distillation
+    teacher_digest: str = ""  # SHA-256 of the teacher file: recorded when training starts, checked on resume
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
     # bookkeeping
     out_dir: str = "runs/train"
     seed: int = 0
@@ -69,6 +75,8 @@ class TrainConfig:
             (self.class_weighting in ("none", "enet"), "class_weighting", "must be 'none' or 'enet'"),
             (self.ohem_thresh is None or 0 < self.ohem_thresh < 1, "ohem_thresh", "must be empty or in (0, 1)"),
             (self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'"),
+            (self.distill_weight >= 0, "distill_weight", "must be >= 0"),
+            (self.distill_temperature > 0, "distill_temperature", "must be > 0"),
             (self.layout in ("", "camvid", "cityscapes"), "layout", "must be '', 'camvid' or 'cityscapes'"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every/checkpoint_every", "must be >= 0 / >= 1"),
         ]
@@ -94,6 +102,16 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("", "none", "null"):
             return None
         return _convert(name, inner, value)
+    if origin in (tuple, Tuple) and len(args) == 2 and args[1] is Ellipsis:  # Tuple[X, ...]: any length
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_convert(name, args[0], v) for v in value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping of keys to values, got {value!r}")
+        return dict(value)
     if origin in (tuple, Tuple):
         if isinstance(value, str):
             value = [v for v in value.replace("x", ",").split(",") if v.strip()]

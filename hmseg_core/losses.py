@@ -60,3 +60,19 @@ class SegLoss(nn.Module):
             if key != "out":
                 loss = loss + self.aux_weight * self.single(value, target)
         return loss
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """``T² · KL(softmax(teacher / T) || softmax(student / T))`` per pixel, averaged over labelled pixels.
+
+    Knowledge distillation as FasterSeg trains its student (Hinton et al.: the ``T²`` keeps the
+    gradient's scale independent of the temperature). Pixels labelled ``ignore_index`` (void) are
+    left out, as in the label loss: the teacher's guess there was never supervised. Taken in fp32."""
+    log_s = F.log_softmax(student.float() / temperature, 1)
+    log_t = F.log_softmax(teacher.float() / temperature, 1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    valid = (target != ignore_index).to(kl.dtype)
+    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2

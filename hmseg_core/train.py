@@ -5,10 +5,16 @@ augmentation from ``(seed, epoch, index)``, and ``last.pt`` (written atomically 
 ``checkpoint_every`` steps) holds weights, optimizer state and the step counter. A run
 killed at any moment and resumed with ``--resume`` reaches the same weights as one that
 was never interrupted.
+
+With ``teacher`` set, the student also learns from a trained teacher's logits
+(:func:`~hmseg_core.losses.distillation_loss`, FasterSeg's teacher -> student); the teacher runs
+without gradients, in eval mode without boosting heads, under the student's autocast and memory
+format. The teacher file's digest is recorded in the config and checked on resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,13 +27,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, make_checkpoint
-from .config import TrainConfig, save_config
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint
+from .config import ConfigError, TrainConfig, save_config
 from .data.datasets import DatasetSpec, SegmentationDataset, enet_class_weights
 from .data.synthetic import write_dataset
 from .data.transforms import EpochBatchSampler, TrainTransform, TrainView
 from .evaluate import evaluate
-from .losses import SegLoss
+from .io import digest
+from .losses import SegLoss, distillation_loss
 from .model import HMSegNet, build_model
 from .plots import plot_training_log
 from .registry import get_genotype
@@ -98,12 +105,35 @@ def replica_fingerprints(model: torch.nn.Module) -> list:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train per ``cfg``; returns a summary (best val mIoU, steps, wall time, paths)."""
-    cfg.validate()
+    cfg = pin_teacher(cfg.validate())
     ctx = DistContext()
     try:
         return _train(cfg, ctx, resume, progress)
     finally:
         ctx.close()
+
+
+def pin_teacher(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the teacher's absolute path and file digest (``teacher_digest``), which the
+    checkpoints then record; a digest already set must match the file. No teacher: ``cfg``."""
+    if not cfg.teacher:
+        return cfg
+    path = Path(cfg.teacher)
+    if not path.is_file():
+        raise ConfigError(f"{path}: teacher checkpoint not found")
+    actual = digest(path)
+    if cfg.teacher_digest and cfg.teacher_digest != actual:
+        raise ConfigError(f"{path}: teacher_digest {cfg.teacher_digest[:16]}... does not match the file ({actual[:16]}...)")
+    return dataclasses.replace(cfg, teacher=str(path.resolve()), teacher_digest=actual)
+
+
+def load_teacher(cfg: TrainConfig, class_names, device: torch.device, memory_format: torch.memory_format) -> HMSegNet:
+    """The teacher as the student's loss runs it: eval mode, no boosting heads, no gradients,
+    the student's memory format. It must predict the data set's classes (``class_names``)."""
+    model, ckpt = model_from_checkpoint(cfg.teacher, boosting=False)
+    if list(ckpt["class_names"]) != list(class_names):
+        raise ConfigError(f"{cfg.teacher}: teacher predicts {list(ckpt['class_names'])}, the data set {list(class_names)}")
+    return model.to(device, memory_format=memory_format).requires_grad_(False).eval()
 
 
 @dataclass
@@ -126,6 +156,7 @@ class _TrainRun:
     best_miou: float = -1.0
     t0: float = 0.0  # when this process started stepping
     loss_ema: Optional[float] = None
+    teacher: Optional[HMSegNet] = None  # distillation: the trained teacher (inference only)
 
     @property
     def spec(self) -> DatasetSpec:
@@ -178,6 +209,7 @@ def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(genotype, boosting=cfg.boosting).to(ctx.device, memory_format=memory_format)
+    teacher = load_teacher(cfg, spec.class_names, ctx.device, memory_format) if cfg.teacher else None
 
     ckpt = _resume_checkpoint(cfg, ctx, last_path, genotype.format()) if resume and last_path.exists() else None
     if ckpt is not None:
@@ -205,7 +237,7 @@ def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
         cfg.seed,
     )
     run = _TrainRun(out, train_set, val_set, view, model, net, memory_format, class_weights, criterion, optimizer,
-                    steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou)
+                    steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou, teacher=teacher)
     if ctx.main:
         save_config(cfg, out / "config.yaml")
         truncate_log(run.log_path, step)
@@ -229,6 +261,10 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: DistContext, path: Path, genotype:
     ckpt = load_checkpoint(path)
     if ckpt["genotype"] != genotype:
         raise CheckpointError(f"{path}: trained genotype differs from config model {cfg.model!r}")
+    recorded = (ckpt.get("config") or {}).get("teacher_digest", "")
+    if recorded != cfg.teacher_digest:  # the distillation target must stay the same for an exact resume
+        raise ConfigError(f"{path}: trained with teacher digest {recorded[:16] or 'none'}, config teacher "
+                          f"{cfg.teacher or 'none'} has {cfg.teacher_digest[:16] or 'none'}")
     if ckpt.get("world_size", 1) != ctx.world_size:
         print(f"warning: resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} processes; data order changes")
     return ckpt
@@ -243,19 +279,24 @@ def _epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, autocast: torch.a
     )
     for images, labels in loader:
         lr = poly_lr(cfg, run.step, run.total_steps)
-        value = _step(ctx, run, images, labels, lr, autocast)
+        value, kd = _step(cfg, ctx, run, images, labels, lr, autocast)
         run.loss_ema = value if run.loss_ema is None else 0.95 * run.loss_ema + 0.05 * value
         if ctx.main:
             bar.update(1)
             bar.set_postfix(loss=f"{run.loss_ema:.3f}", lr=f"{lr:.2e}", epoch=f"{run.step / run.steps_per_epoch:.1f}")
+            record = {"step": run.step, "loss": value, "lr": lr, "time": time.time() - run.t0}
+            if kd is not None:
+                record["kd"] = kd
             with run.log_path.open("a") as f:
-                f.write(json.dumps({"step": run.step, "loss": value, "lr": lr, "time": time.time() - run.t0}) + "\n")
+                f.write(json.dumps(record) + "\n")
             if run.step % cfg.checkpoint_every == 0 and run.step % run.steps_per_epoch:
                 _checkpoint(cfg, ctx, run, run.last_path)
 
 
-def _step(ctx: DistContext, run: _TrainRun, images: torch.Tensor, labels: torch.Tensor, lr: float, autocast: torch.autocast) -> float:
-    """One SGD step at learning rate ``lr`` (forward under ``autocast``, loss in fp32); returns the loss."""
+def _step(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, images: torch.Tensor, labels: torch.Tensor, lr: float,
+          autocast: torch.autocast) -> Tuple[float, Optional[float]]:
+    """One SGD step at learning rate ``lr`` (forward under ``autocast``, loss in fp32); returns the loss
+    and, when distilling, its distillation term (before ``distill_weight``)."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=run.memory_format)
@@ -263,13 +304,19 @@ def _step(ctx: DistContext, run: _TrainRun, images: torch.Tensor, labels: torch.
     with autocast:
         outputs = run.net(images)
     loss = run.criterion(outputs, labels)
+    kd = None
+    if run.teacher is not None:
+        with torch.no_grad(), autocast:
+            target = run.teacher(images)
+        kd = distillation_loss(outputs["out"] if isinstance(outputs, dict) else outputs, target, labels, cfg.distill_temperature)
+        loss = loss + cfg.distill_weight * kd
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()} at step {run.step}; lower lr (now {lr:.4g})")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     run.step += 1
-    return float(loss.detach())
+    return float(loss.detach()), (None if kd is None else float(kd.detach()))
 
 
 def _end_epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, bar: tqdm) -> None:

@@ -2,23 +2,40 @@
 
 A node that cannot start (a bad parameter, a missing or damaged model, zoo or bag) prints one
 line that names the problem and its fix and exits with status 2, instead of a traceback.
+
+Ctrl-C (SIGINT) and SIGTERM stop the node in order: rclpy's own signal handlers would shut the
+context down at once, under the feet of a worker thread still publishing a frame ("publisher's
+context is invalid"); here the signal only ends the spin, then the node is destroyed (its
+worker stopped) and only then the context shut down. The spin wakes every 0.1 s to notice it.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from hmseg_core.checkpoint import CheckpointError
 from hmseg_core.deploy.package import PackageError
 from hmseg_core.runtime import BackendUnavailable
 
-#: what a node's start-up raises for bad input (ZooError, ConfigError and the bag errors are ValueErrors)
-STARTUP_ERRORS = (BackendUnavailable, CheckpointError, PackageError, ValueError, FileNotFoundError)
+#: what a node's start-up raises for bad input (ZooError, ConfigError, ParameterError and the bag
+#: errors are ValueErrors; ParameterException: a value rclpy itself refuses in declare_parameter)
+STARTUP_ERRORS = (BackendUnavailable, CheckpointError, PackageError, ValueError, FileNotFoundError, ParameterException)
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message as one line: its first non-empty line (some libraries' messages run on
+    for a page, e.g. torch.load's, embedded in CheckpointError)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def spin_until(done: Callable[[Node], bool], drain: int = 0) -> Callable[[Node], None]:
@@ -26,7 +43,7 @@ def spin_until(done: Callable[[Node], bool], drain: int = 0) -> Callable[[Node],
     spins let the last messages go out."""
 
     def spin(node: Node) -> None:
-        while rclpy.ok() and not done(node):
+        while rclpy.ok(context=node.context) and not done(node):
             rclpy.spin_once(node, timeout_sec=0.1)
         for _ in range(drain):
             rclpy.spin_once(node, timeout_sec=0.05)
@@ -34,20 +51,33 @@ def spin_until(done: Callable[[Node], bool], drain: int = 0) -> Callable[[Node],
     return spin
 
 
-def run_node(name: str, make: Callable[[], Node], spin: Callable[[Node], None] = rclpy.spin,
+#: spin until shutdown, waking every 0.1 s so that a signal is noticed
+spin_forever = spin_until(lambda node: False)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_node(name: str, make: Callable[[], Node], spin: Callable[[Node], None] = spin_forever,
              args: Optional[Sequence[str]] = None) -> int:
-    """Run one node until shutdown (Ctrl-C, ``spin`` returning); the process's exit status."""
+    """Run one node until shutdown (Ctrl-C, SIGTERM, ``spin`` returning); the process's exit status."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can only be caught there
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
-        with rclpy.init(args=args):
+        with rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO):
             try:
                 node = make()
             except STARTUP_ERRORS as e:
-                print(f"{name}: error: {e}", file=sys.stderr)
+                print(f"{name}: error: {one_line(e)}", file=sys.stderr)
                 return 2
             try:
                 spin(node)
             finally:
-                node.destroy_node()
+                node.destroy_node()  # stops the node's threads while the context is still valid
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -6,9 +6,18 @@ publishes, with the input's header:
 * ``~/labels``  mono8 class ids at the input size,
 * ``~/color``   rgb8 palette image,
 * ``~/overlay`` rgb8 palette blended over the input (only while someone subscribes),
+* ``~/confidence`` mono8, 0-255: each pixel's softmax probability of its class times 255
+  (computed only while someone subscribes: it costs a softmax, and a backend that runs the
+  whole frame in one call takes the slower network path for it; Nav2's semantic segmentation
+  layer reads labels + confidence),
+* ``~/label_info`` ``vision_msgs/LabelInfo``: class id -> name, 255 = unlabeled (the vision_msgs
+  convention for mono8 class maps), once, transient-local (when vision_msgs is installed),
 * ``~/classes`` class names and palette, JSON in ``std_msgs/String``, once, transient-local,
 * ``~/variant`` the selected variant and the candidates, JSON, transient-local, on each choice,
 * ``/diagnostics`` latency p50/p95, FPS, dropped and bad frames, selected variant.
+
+Topic names are relative (``camera/image_raw``) or private (``~/labels``), so a ``namespace``
+(``ros2 launch hmseg_ros segment.launch.py namespace:=front``) runs one node per camera.
 
 At start every variant of the model zoo is timed on this machine (cached per device
 fingerprint) and the most accurate one whose p95 fits ``latency_budget_ms`` runs;
@@ -16,7 +25,12 @@ setting that parameter at run time selects again and swaps the model without a r
 
 Only the newest frame is kept: inference runs on a worker thread, and a frame that arrives
 while another is still waiting replaces it (counted as dropped), so a slow model never
-builds a queue.
+builds a queue. A frame larger than ``max_input_pixels`` is scaled down for the network and its
+outputs enlarged back to its size (:meth:`hmseg_core.runtime.Segmenter.segment`), so one huge
+frame costs a bounded time and memory instead of stalling the node.
+
+On shutdown the worker stops (after the frame in progress) before the ROS context goes, and
+nothing that fails to publish once shutdown began is counted or logged as bad input.
 """
 
 from __future__ import annotations
@@ -25,10 +39,10 @@ import dataclasses
 import json
 import math
 import sys
-from typing import Dict, List
+import threading
+from typing import Any, Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -55,19 +69,24 @@ from hmseg_core.runtime.backends import backend_class
 
 from .image_conv import ImageDecodeError, image_to_rgb, numpy_to_image
 from .node_main import run_node
+from .params import declare_parameters
+from .params import descriptor as _desc
+
+try:  # vision_msgs: a distro package (ros-<distro>-vision-msgs), or ../shared/ros2-tooling here
+    from vision_msgs.msg import LabelInfo, VisionClass
+except ImportError:  # pragma: no cover - depends on the machine
+    LabelInfo = VisionClass = None
 
 NODE_NAME = "hmseg_segment"
 MAX_BUDGET_MS = 60_000.0
 QOS_CHOICES = ("sensor_data", "reliable")
-
-
-def _desc(text: str, read_only: bool = False, lo=None, hi=None, step=None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only)
-    if isinstance(lo, float):
-        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-    elif isinstance(lo, int):
-        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=step or 1)]
-    return d
+RESIZE_CHOICES = ("native", "fixed")
+#: the vision_msgs class id of "unlabeled" in a mono8 class map
+UNLABELED = 255
+#: default max_input_pixels: DCI 4K (4096 x 2160). Every common camera up to 4K runs at its own size;
+#: a bigger frame (a 12-24 MP still, a corrupt header) is scaled down to this for the network, which
+#: bounds one frame's memory near 1.7 GiB (measured: 8.4 MP 1.7 GiB, 24 MP 3.8 GiB peak RSS, mrms_tiny).
+MAX_INPUT_PIXELS = 4096 * 2160
 
 
 # name -> (default, descriptor). config/segment.yaml lists the same keys; a test checks it.
@@ -75,14 +94,16 @@ PARAMETERS = {
     "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
-    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on its fastest backend recorded here by `hmseg-core bench --record`, else tvm; checkpoints on torch), {', '.join(backend_names())}", True)),
+    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on the fastest backend measured here whose labels agree with torch; checkpoints on torch), {', '.join(backend_names())}", True)),
     "device": ("cpu", _desc("torch device for the torch backend (cpu, cuda, cuda:1)", True)),
     "threads": (0, _desc("intra-op CPU threads for inference; 0: library default", True, 0, 256)),
-    "input_topic": ("/camera/image_raw", _desc("sensor_msgs/Image topic to segment", True)),
+    "input_topic": ("camera/image_raw", _desc("sensor_msgs/Image topic to segment (relative names resolve in the node's namespace)", True)),
     "labels_topic": ("~/labels", _desc("output: mono8 class ids at the input size", True)),
     "color_topic": ("~/color", _desc("output: rgb8 palette image", True)),
     "overlay_topic": ("~/overlay", _desc("output: rgb8 palette blended over the input (published only while subscribed)", True)),
     "classes_topic": ("~/classes", _desc("output: class names and palette as JSON, transient-local", True)),
+    "confidence_topic": ("~/confidence", _desc("output: mono8 confidence, 255 x the softmax probability of each pixel's class (published only while subscribed)", True)),
+    "label_info_topic": ("~/label_info", _desc("output: vision_msgs/LabelInfo, class id -> name, 255 = unlabeled, transient-local", True)),
     "qos": ("sensor_data", _desc("input QoS: sensor_data (best effort, keep last 5) or reliable (keep last 5)", True)),
     "resize_policy": ("native", _desc("native: run the network at the image size; fixed: at network_height x network_width (labels return at image size)", True)),
     "network_height": (360, _desc("network input height for resize_policy fixed", True, 16, 8192)),
@@ -94,6 +115,8 @@ PARAMETERS = {
     "publish_labels": (True, _desc("publish ~/labels")),
     "publish_color": (True, _desc("publish ~/color")),
     "publish_overlay": (True, _desc("publish ~/overlay while it has subscribers")),
+    "publish_confidence": (True, _desc("publish ~/confidence while it has subscribers (a softmax per frame; whole-frame backends then take the network path)")),
+    "max_input_pixels": (MAX_INPUT_PIXELS, _desc("frames with more pixels are scaled down to this many for the network; labels and confidence still come at the frame's size", True, 4096, 1 << 28)),
     "overlay_alpha": (0.5, _desc("weight of the palette in ~/overlay", False, 0.0, 1.0)),
     "diagnostics_period_s": (1.0, _desc("period of /diagnostics and the latency window", True, 0.1, 60.0)),
 }
@@ -102,11 +125,8 @@ PARAMETERS = {
 class SegmentNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        if p["qos"] not in QOS_CHOICES:
-            raise ValueError(f"qos {p['qos']!r}: use one of {', '.join(QOS_CHOICES)}")
+        self._closing = threading.Event()  # set by destroy_node: outputs from then on are not errors
+        p = declare_parameters(self, PARAMETERS, _check)
         if p["backend"] != AUTO:
             backend_class(p["backend"])  # an unknown backend fails here, naming the choices
         self.backend, self.device = p["backend"], p["device"]
@@ -115,6 +135,8 @@ class SegmentNode(Node):
 
             torch.set_num_threads(int(p["threads"]))
         self.resize = ResizePolicy(p["resize_policy"], (p["network_height"], p["network_width"]) if p["resize_policy"] == "fixed" else None)
+        self.max_pixels = p["max_input_pixels"]
+        self.frames_downscaled = 0
 
         # model zoo: measure each variant here, then choose for the budget
         if p["zoo"]:
@@ -143,15 +165,21 @@ class SegmentNode(Node):
         self.pub_labels = self.create_publisher(Image, p["labels_topic"], out_qos)
         self.pub_color = self.create_publisher(Image, p["color_topic"], out_qos)
         self.pub_overlay = self.create_publisher(Image, p["overlay_topic"], out_qos)
+        self.pub_confidence = self.create_publisher(Image, p["confidence_topic"], out_qos)
         self.pub_classes = self.create_publisher(String, p["classes_topic"], latched)
         self.pub_variant = self.create_publisher(String, "~/variant", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_classes.publish(String(data=json.dumps({"class_names": class_names, "palette": self.segmenter.palette})))
+        self.pub_label_info = None
+        if LabelInfo is not None:
+            self.pub_label_info = self.create_publisher(LabelInfo, p["label_info_topic"], latched)
+            self.pub_label_info.publish(self._label_info(class_names))
+        else:
+            self.get_logger().info(f"vision_msgs is not installed: no {p['label_info_topic']} (the class list is on {self.pub_classes.topic_name})")
         self._announce(self._selection)
 
         # the newest frame is processed on the stream's worker; model swaps happen there between frames
         self.stream: FrameStream[Image, Selection] = FrameStream(self._process, self._swap, self._on_stream_error).start()
-        self.add_on_set_parameters_callback(self._validate)
         self.add_post_set_parameters_callback(self._apply)
         self.create_subscription(Image, p["input_topic"], self.stream.submit, in_qos)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
@@ -170,21 +198,23 @@ class SegmentNode(Node):
         return sel
 
     def _load(self, sel: Selection) -> Segmenter:
-        return Segmenter(sel.variant.checkpoint, self.backend, self.resize, self.device, sel.variant.name)
+        return Segmenter(sel.variant.checkpoint, sel.measurement.backend, self.resize, self.device, sel.variant.name, max_pixels=self.max_pixels)
 
     def _announce(self, sel: Selection) -> None:
         self.pub_variant.publish(String(data=json.dumps(sel.to_dict())))
+
+    def _label_info(self, class_names: List[str]) -> "LabelInfo":
+        """vision_msgs/LabelInfo for the class ids of ~/labels (255: unlabeled; no confidence threshold)."""
+        msg = LabelInfo(threshold=0.0)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.class_map = [VisionClass(class_id=i, class_name=n) for i, n in enumerate(class_names)]
+        msg.class_map.append(VisionClass(class_id=UNLABELED, class_name="unlabeled"))
+        return msg
 
     @property
     def selection(self) -> Selection:
         """The variant chosen last (the worker may not have loaded it yet)."""
         return self.stream.pending or self._selection
-
-    def _validate(self, params: List[Parameter]) -> SetParametersResult:
-        for prm in params:
-            if prm.name == "latency_budget_ms" and not math.isfinite(prm.value):
-                return SetParametersResult(successful=False, reason=f"latency_budget_ms must be a finite number of ms, got {prm.value}")
-        return SetParametersResult(successful=True)
 
     def _apply(self, params: List[Parameter]) -> None:
         for prm in params:
@@ -209,7 +239,12 @@ class SegmentNode(Node):
         if self.stream.count_bad(kind):
             self.get_logger().warning(f"bad input ({kind}): {message}; further '{kind}' problems are only counted")
 
+    def _shutting_down(self) -> bool:
+        return self._closing.is_set() or not self.context.ok()
+
     def _on_stream_error(self, stage: str, e: BaseException) -> None:
+        if self._shutting_down():  # e.g. "publisher's context is invalid" after Ctrl-C: not bad input
+            return
         if stage == "frame":
             self._count_bad("inference", f"inference failed: {type(e).__name__}: {e}")
         else:
@@ -221,7 +256,22 @@ class SegmentNode(Node):
         except ImageDecodeError as e:
             self._count_bad(e.kind, str(e))
             return False
-        labels, _ = self.segmenter.segment(rgb)
+        h, w = rgb.shape[:2]
+        if h * w > self.max_pixels:
+            self.frames_downscaled += 1
+            if self.frames_downscaled == 1:
+                self.get_logger().warning(
+                    f"{w}x{h} frames ({h * w / 1e6:.1f} MP) exceed max_input_pixels ({self.max_pixels / 1e6:.1f} MP): "
+                    "the network runs on them scaled down, labels are enlarged back to the frame's size; further ones are only counted")
+        want_conf = self.get_parameter("publish_confidence").value and self.pub_confidence.get_subscription_count() > 0
+        if want_conf:
+            labels, _, conf = self.segmenter.segment(rgb, confidence=True)
+        else:
+            labels, _ = self.segmenter.segment(rgb)
+        if self._closing.is_set():
+            return False
+        if want_conf:
+            self.pub_confidence.publish(numpy_to_image(conf, "mono8", msg.header))
         if self.get_parameter("publish_labels").value:
             self.pub_labels.publish(numpy_to_image(labels, "mono8", msg.header))
         want_color = self.get_parameter("publish_color").value
@@ -255,6 +305,8 @@ class SegmentNode(Node):
         values = {
             "variant": sel.variant.name,
             "backend": self.segmenter.backend_name,
+            "backend_requested": self.backend,
+            "backend_candidates": sel.measurement.choice.describe() if sel.measurement.choice else sel.measurement.backend,
             "latency_budget_ms": f"{budget:g}",
             "latency_p50_ms": fmt(s["latency_p50_ms"]),
             "latency_p95_ms": fmt(s["latency_p95_ms"]),
@@ -262,11 +314,12 @@ class SegmentNode(Node):
             "frames_received": str(s["received"]),
             "frames_processed": str(s["processed"]),
             "frames_dropped": str(s["dropped"]),
+            "frames_downscaled": str(self.frames_downscaled),
             "bad_messages": str(sum(s["bad"].values())),
             **{f"bad_{k}": str(v) for k, v in sorted(s["bad"].items())},
         }
         status = DiagnosticStatus(
-            level=level, name=f"{self.get_name()}: segmentation", message=message, hardware_id=str(self.fingerprint["cpu"]),
+            level=level, name=f"{self.get_fully_qualified_name().lstrip('/')}: segmentation", message=message, hardware_id=str(self.fingerprint["cpu"]),
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
         arr = DiagnosticArray(status=[status])
@@ -274,10 +327,26 @@ class SegmentNode(Node):
         self.pub_diag.publish(arr)
 
     def destroy_node(self) -> None:
+        """Stop the worker (after the frame in progress, which publishes nothing more) while the
+        context is still valid, then the node."""
+        closing = getattr(self, "_closing", None)  # absent when start-up failed before it existed
+        if closing is not None:
+            closing.set()
         stream = getattr(self, "stream", None)  # absent when start-up failed before the stream existed
         if stream is not None:
             stream.close()
         super().destroy_node()
+
+
+def _check(name: str, value: Any) -> Optional[str]:
+    """The rules of :data:`PARAMETERS` beyond type and range (start-up and run time)."""
+    if name == "latency_budget_ms" and not math.isfinite(value):
+        return f"'latency_budget_ms' must be a finite number of ms, got {value}"
+    if name == "qos" and value not in QOS_CHOICES:
+        return f"'qos' must be one of {', '.join(QOS_CHOICES)}, got {value!r}"
+    if name == "resize_policy" and value not in RESIZE_CHOICES:
+        return f"'resize_policy' must be one of {', '.join(RESIZE_CHOICES)}, got {value!r}"
+    return None
 
 
 def main(args=None) -> int:

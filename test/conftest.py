@@ -2,11 +2,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# latency caches and the like go to a folder of this test session (children inherit it), never ~/.cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hmseg-test-cache-")
 
 
 @pytest.fixture(scope="session")

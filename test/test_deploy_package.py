@@ -189,9 +189,14 @@ def test_unknown_layout_is_refused():
         TuningOptions(layout="NCHWc")
 
 
-def test_default_backend_of_a_package_is_tvm_and_labels_come_back_at_input_size(package_dir):
+def test_default_backend_of_a_package_is_the_fastest_measured_and_labels_come_back_at_input_size(package_dir):
+    from hmseg_core.runtime import LatencyCache, choose_backend
+
+    choice = choose_backend(package_dir, SIZE, cache=LatencyCache(LatencyCache.default_path()))
+    assert {"torch", "tvm", "onnxruntime"} <= {t.backend for t in choice.candidates}
+    assert all(t.agrees for t in choice.candidates)
     seg = Segmenter(package_dir)
-    assert seg.backend_name == "tvm"
+    assert seg.backend_name == choice.backend
     rgb = _images(1, (50, 70))[0]  # another size: the backend resizes to the compiled size and back
     assert seg(rgb).shape == (50, 70)
 
@@ -355,8 +360,7 @@ def test_zoo_of_packages_runs_on_tvm_and_reads_accuracy_from_metadata(package_di
     assert zoo.variants[0].checkpoint == package_dir
     assert ModelZoo.single(package_dir).variants[0].miou == pytest.approx(0.5)
     (m,) = measure_zoo(zoo, SIZE, backend="tvm", iterations=2, warmup=1)
-    assert m.latency.samples == 2
-    assert Segmenter(package_dir).backend_name == "tvm"
+    assert m.latency.samples == 2 and m.backend == "tvm"
 
 
 class _TwoConvs(nn.Module):

@@ -84,3 +84,48 @@ def test_errors_name_the_fix(package, checkpoint, tmp_path):
     export_package(checkpoint, bare, ExportOptions(input_size=SIZE, targets=(), onnx=False), log=lambda s: None)
     with pytest.raises(PackageError, match="no ONNX model"):
         Segmenter(bare, backend="openvino")
+
+
+def test_auto_measures_every_backend_once_and_runs_the_fastest_that_agrees(package, tmp_path, monkeypatch):
+    from hmseg_core.runtime import LatencyCache, candidate_backends, choose_backend
+    from hmseg_core.runtime.backends.openvino_backend import OpenVINOBackend
+
+    names = candidate_backends(package)
+    assert names[0] == "torch" and "openvino" in names and "openvino-bf16" not in names  # bf16 only by name
+    cache = LatencyCache(tmp_path / "lat.json")
+    choice = choose_backend(package, SIZE, cache=cache, iterations=3, warmup=1)
+    assert [t.backend for t in choice.candidates] == names and not any(t.cached for t in choice.candidates)
+    assert all(t.agreement == 1.0 for t in choice.candidates)  # FP32 backends give torch's labels exactly
+    assert choice.chosen.latency.p50 == min(t.latency.p50 for t in choice.candidates)
+    assert Segmenter(package, latency_cache=cache).backend_name == choice.backend  # auto reads the same cache
+
+    def no_segmenter(*a, **k):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr("hmseg_core.runtime.segmenter.Segmenter", no_segmenter)
+    again = choose_backend(package, SIZE, cache=cache, iterations=3)
+    assert again.backend == choice.backend and all(t.cached for t in again.candidates)
+    monkeypatch.undo()
+
+    # a backend whose labels differ from torch's is never chosen, however fast
+    monkeypatch.setattr(OpenVINOBackend, "labels", lambda self, rgb: np.zeros(rgb.shape[:2], np.uint8))
+    fresh = choose_backend(package, SIZE, cache=LatencyCache(tmp_path / "other.json"), iterations=3, warmup=1)
+    ov_row = next(t for t in fresh.candidates if t.backend == "openvino")
+    assert not ov_row.agrees and fresh.backend != "openvino" and "disagrees" in fresh.describe()
+
+
+def test_eval_on_a_backend_gives_the_mIoU_of_the_deployed_path(package, camvid_fixture, tmp_path):
+    import json
+
+    from hmseg_core.cli import main
+
+    reports = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / f"{backend}.json"
+        assert main(["eval", "--checkpoint", str(package), "--data-root", str(camvid_fixture), "--backend", backend,
+                     "--report", str(out)]) == 0
+        reports[backend] = json.loads(out.read_text())
+    assert reports["openvino"]["backend"] == "openvino" and reports["torch"]["images"] == 3
+    assert reports["openvino"]["confusion_matrix"] == reports["torch"]["confusion_matrix"]
+    assert main(["eval", "--checkpoint", str(package), "--data-root", str(camvid_fixture), "--backend", "openvino",
+                 "--input-size", "32x48"]) == 2

@@ -15,6 +15,8 @@ from conftest import run_cli_under_torchrun, subprocess_env
 from hmseg_core.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
 from hmseg_core.cli import main as cli_main
 from hmseg_core.config import ConfigError, TrainConfig, load_config
+from hmseg_core.io import digest
+from hmseg_core.losses import distillation_loss
 from hmseg_core.train import poly_lr, train
 
 TINY = dict(
@@ -29,6 +31,28 @@ def tiny_config(out: Path, **kw) -> TrainConfig:
 
 def _weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
+
+
+def _kill_training_mid_run(out: Path, overrides: dict, total: int, lines: int = 5) -> int:
+    """``hmseg-core train --out OUT -oKEY=VALUE...`` in a subprocess, SIGKILLed once its log has
+    ``lines`` lines; returns the step of the ``last.pt`` it left (checked to be mid-run)."""
+    args = [sys.executable, "-m", "hmseg_core.cli", "train", "--out", str(out)]
+    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items()]
+    proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= lines:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "last.pt")["step"]
+    assert 0 < killed_at < total, "the kill must land mid-run for this test to mean anything"
+    return killed_at
 
 
 def test_poly_schedule():
@@ -74,22 +98,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     train(tiny_config(reference), progress=False)
 
     victim = tmp_path / "victim"
-    args = [sys.executable, "-m", "hmseg_core.cli", "train", "--out", str(victim)]
-    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
-    proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = _kill_training_mid_run(victim, TINY, total)
     log = victim / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 5:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(victim / "last.pt")["step"]
-    assert 0 < killed_at < total, "the kill must land mid-run for this test to mean anything"
 
     summary = train(tiny_config(victim), resume=True, progress=False)
     assert summary["steps"] == total
@@ -99,6 +109,49 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
         assert torch.equal(ref[k], res[k]), f"{k} differs after resume from step {killed_at}"
     steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
     assert steps == list(range(1, total + 1))  # no duplicated or missing log lines
+
+
+def test_distillation_from_a_teacher_learns_logs_kd_and_resumes_exactly(tmp_path):
+    train(tiny_config(tmp_path / "teacher", epochs=1), progress=False)
+    teacher = tmp_path / "teacher" / "last.pt"
+    distil = dict(TINY, teacher=str(teacher), distill_weight=0.5, distill_temperature=2.0, channels_last=True, precision="bf16")
+    total = 3 * 4
+    reference = tmp_path / "reference"
+    summary = train(load_config(None, [], **{**distil, "out_dir": str(reference)}), progress=False)
+    assert summary["steps"] == total
+    records = [json.loads(l) for l in (reference / "log.jsonl").read_text().splitlines()]
+    kd = [r["kd"] for r in records]
+    losses = [r["loss"] for r in records]
+    assert all(0 <= v < 1e3 for v in kd) and all(v == v and v < 1e3 for v in losses) and losses[-1] < losses[0]
+    config = load_checkpoint(reference / "last.pt")["config"]
+    assert config["teacher"] == str(teacher.resolve()) and config["teacher_digest"] == digest(teacher)
+
+    victim = tmp_path / "victim"
+    _kill_training_mid_run(victim, distil, total)
+    train(load_config(None, [], **{**distil, "out_dir": str(victim)}), resume=True, progress=False)
+    ref, res = _weights(reference / "last.pt"), _weights(victim / "last.pt")
+    assert all(torch.equal(ref[k], res[k]) for k in ref)
+    assert [json.loads(l)["kd"] for l in (victim / "log.jsonl").read_text().splitlines()] == kd
+
+    # another teacher (or none) cannot continue the run; a teacher of another class list is refused
+    with pytest.raises(ConfigError, match="teacher digest"):
+        train(tiny_config(victim), resume=True, progress=False)
+    ckpt = load_checkpoint(teacher)
+    ckpt["class_names"] = [f"class{i}" for i in range(11)]
+    atomic_save(ckpt, tmp_path / "foreign_teacher.pt")
+    with pytest.raises(ConfigError, match="foreign_teacher.pt: teacher predicts"):
+        train(tiny_config(tmp_path / "foreign", teacher=str(tmp_path / "foreign_teacher.pt")), progress=False)
+
+
+def test_distillation_loss_ignores_void_pixels_and_is_zero_for_equal_logits():
+    student = torch.randn(2, 11, 4, 5)
+    target = torch.randint(0, 11, (2, 4, 5))
+    assert float(distillation_loss(student, student.clone(), target, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    teacher = torch.randn(2, 11, 4, 5)
+    void = target.clone()
+    void[0] = 11  # the first image is unlabelled: only the second counts
+    assert float(distillation_loss(student, teacher, void)) == pytest.approx(float(distillation_loss(student[1:], teacher[1:], target[1:])), rel=1e-5)
+    assert float(distillation_loss(student, teacher, torch.full_like(target, 11))) == 0.0
 
 
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):

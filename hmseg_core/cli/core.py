@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(
         args.config, args.set, model=args.model, data_root=args.data_root, out_dir=args.out,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, teacher=args.teacher,
     )
     summary = train(cfg, resume=args.resume)
     if summary is not None:
@@ -67,19 +67,49 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_checkpoint
     from ..metrics import format_table
 
-    report = evaluate_checkpoint(
-        args.checkpoint, args.data_root, args.split, args.layout, args.input_size,
-        Path(args.save_images) if args.save_images else None,
-        Path(args.report) if args.report else None, args.threads,
-    )
+    if args.backend:
+        report = _eval_on_backend(args)
+    else:
+        from ..evaluate import evaluate_checkpoint
+
+        report = evaluate_checkpoint(
+            args.checkpoint, args.data_root, args.split, args.layout, args.input_size,
+            Path(args.save_images) if args.save_images else None,
+            Path(args.report) if args.report else None, args.threads,
+        )
     print(format_table(report))
     print(f"\n{report['images']} images, split '{args.split}', mIoU {100 * report['miou']:.2f} %")
     if args.report:
         print(f"report: {args.report}")
     return 0
+
+
+def _eval_on_backend(args: argparse.Namespace) -> dict:
+    """The deployed path: a :class:`~hmseg_core.runtime.Segmenter` on ``args.backend`` (a package runs its
+    compiled backends) over the split, frame by frame, at the images' own size."""
+    from ..bag import dataset_drive, evaluate_frames
+    from ..io import atomic_write_json
+    from ..machine import set_threads
+    from ..runtime import Segmenter
+
+    if args.save_images or args.input_size:
+        raise ValueError("--backend evaluates at the images' own size and saves no images; drop --input-size/--save-images")
+    if args.threads:
+        set_threads(args.threads)
+    seg = Segmenter(args.checkpoint, args.backend)
+    spec, frames = dataset_drive(args.data_root, args.split, args.layout)
+    if spec.num_classes != seg.num_classes:
+        raise ValueError(f"{args.checkpoint}: model predicts {seg.num_classes} classes, the data set has {spec.num_classes}")
+    seen = []
+    cm = evaluate_frames(seg, (seen.append(f.name) or f for f in frames), seg.num_classes)
+    report = cm.report(seg.class_names)
+    report.update(checkpoint=str(args.checkpoint), backend=seg.backend_name, genotype=seg.genotype, data_root=str(args.data_root),
+                  split=args.split, images=len(seen), confusion_matrix=cm.matrix.tolist())
+    if args.report:
+        atomic_write_json(args.report, report)
+    return report
 
 
 # ---------------------------------------------------------------------------- demo
@@ -142,6 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--threads", type=int)
+    t.add_argument("--teacher", metavar="CKPT",
+                   help="distil from this trained checkpoint (KL on softened logits beside the label loss; "
+                        "distill_weight, distill_temperature)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     t.add_argument("--set", "-o", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.set_defaults(func=cmd_train)
@@ -155,6 +188,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--save-images", help="folder for colourised predictions")
     e.add_argument("--report", help="write the JSON report here")
     e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--backend", help="evaluate the deployed path on this backend (a package: tvm, onnxruntime, openvino, "
+                                     "openvino-bf16, torch, auto); default: the checkpoint's network in PyTorch")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="built-in default job: train + evaluate on generated street scenes")

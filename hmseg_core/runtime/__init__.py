@@ -5,8 +5,9 @@
 * :mod:`.segmenter`: :class:`Segmenter`, RGB in, class ids out, with per-stage timings;
 * :mod:`.transforms`: :class:`ResizePolicy`, :class:`Timings`, palette images;
 * :mod:`.zoo`: :class:`ModelZoo`, the index of deployable variants;
-* :mod:`.auto`: what ``backend: auto`` means here, and the device fingerprint;
-* :mod:`.budget`: latency measured here (cached per fingerprint) and the variant for a budget;
+* :mod:`.latency`: latency statistics, the device fingerprint, the cache of measurements per machine;
+* :mod:`.segmenter` also has :func:`choose_backend`: what ``backend: auto`` means (measured here);
+* :mod:`.budget`: every variant of a zoo measured here, and the variant for a budget;
 * :mod:`.stream`: :class:`FrameStream`, the newest-frame worker that a node feeds.
 
 This package re-exports the public names of its modules.
@@ -15,20 +16,20 @@ This package re-exports the public names of its modules.
 from __future__ import annotations
 
 from ..checkpoint import CheckpointError
-from .auto import device_fingerprint, fastest_recorded_backend, resolve_backend
 from .backends import AUTO, BACKENDS, Backend, BackendUnavailable, backend_names, create_backend
 from .backends.torch_backend import TorchBackend
-from .budget import LatencyCache, LatencyStats, Measurement, Selection, measure_latency, measure_zoo, select_variant
-from .segmenter import Segmenter
+from .budget import Measurement, Selection, measure_zoo, select_variant
+from .latency import LatencyCache, LatencyStats, device_fingerprint, measure_latency
+from .segmenter import AGREEMENT, BackendChoice, BackendTiming, Segmenter, candidate_backends, choose_backend
 from .source import ModelSource, file_digest, is_package, load_model
 from .stream import FrameStream, StreamStats
 from .transforms import ResizePolicy, Timings, overlay
 from .zoo import ModelZoo, Variant, ZooError, default_zoo_path
 
 __all__ = [
-    "AUTO", "BACKENDS", "Backend", "BackendUnavailable", "CheckpointError", "FrameStream", "LatencyCache", "LatencyStats",
+    "AGREEMENT", "AUTO", "BACKENDS", "BackendChoice", "BackendTiming", "candidate_backends", "choose_backend", "Backend", "BackendUnavailable", "CheckpointError", "FrameStream", "LatencyCache", "LatencyStats",
     "Measurement", "ModelSource", "ModelZoo", "ResizePolicy", "Segmenter", "Selection", "StreamStats", "Timings",
     "TorchBackend", "Variant", "ZooError", "backend_names", "create_backend", "default_zoo_path", "device_fingerprint",
-    "fastest_recorded_backend", "file_digest", "is_package", "load_model", "measure_latency", "measure_zoo", "overlay",
-    "resolve_backend", "select_variant",
+    "file_digest", "is_package", "load_model", "measure_latency", "measure_zoo", "overlay",
+    "select_variant",
 ]

@@ -5,25 +5,33 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import torch
 
-from ..deploy.package import PackageError
+from ..data.synthetic import render_street
+from ..deploy.package import ModelPackage, PackageError
 from ..evaluate import postprocess, preprocess
 from ..machine import retain_freed_memory
-from .backends import AUTO, BackendUnavailable, backend_class, create_backend
-from .auto import resolve_backend
-from .source import ModelSource
-from .transforms import ResizePolicy, Timings, palette_lut
+from .backends import AUTO, BackendUnavailable, backend_class, create_backend, installed
+from .latency import LatencyCache, LatencyStats, device_fingerprint, measure_latency
+from .source import ModelSource, is_package
+from .transforms import ResizePolicy, Timings, enlarge_nearest, fit_pixels, labels_and_confidence, palette_lut, shrink
+
+#: share of labels a backend must give exactly as torch does, on probe street scenes, to stand in
+#: for it under ``auto`` (FP32 backends give 100 %; OpenVINO's bf16 about 99 %, so it never does)
+AGREEMENT = 0.999
 
 
 class Segmenter:
-    """RGB uint8 (H, W, 3) -> class ids uint8 (H, W) at the input's size, with per-stage timings.
+    """RGB uint8 (H, W, 3) -> class ids uint8 (H, W) at the input's size, with per-stage timings,
+    and on request each pixel's confidence.
 
     Its output equals :func:`hmseg_core.evaluate.predict` bit for bit, so on-robot and offline
-    mIoU agree."""
+    mIoU agree (frames over ``max_pixels`` excepted, see :meth:`segment`)."""
 
     def __init__(
         self,
@@ -34,16 +42,29 @@ class Segmenter:
         name: Optional[str] = None,
         fallback: bool = False,
         whole_frame: bool = True,
+        latency_cache: Optional[LatencyCache] = None,
+        max_pixels: int = 0,
     ) -> None:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
-        ``backend`` (``None`` or ``"auto"``): see :func:`~hmseg_core.runtime.auto.resolve_backend` (a package's
-        fastest recorded backend here, else tvm; torch for a checkpoint); with ``fallback`` a backend that cannot
-        run here (not installed, or a library that does not fit this machine) is replaced by torch, with a warning.
+        ``backend`` (``None`` or ``"auto"``): torch for a checkpoint; for a package the fastest backend measured
+        on this machine whose labels agree with torch's (:func:`choose_backend`, at the package's input size;
+        measured once, then read from ``latency_cache``, by default :meth:`LatencyCache.default_path`). With
+        ``fallback`` a backend that cannot run here (not installed, or a library that does not fit this
+        machine) is replaced by torch, with a warning.
         ``whole_frame``: let a backend that can run pre-processing, network and argmax in one call do so
-        for images of its size (``False`` times the network alone between this class's pre- and post-processing)."""
+        for images of its size (``False`` times the network alone between this class's pre- and post-processing).
+        ``max_pixels``: the largest frame, in pixels, processed at its own size (0: no limit); a larger
+        frame is scaled down first (:meth:`segment`), so one huge frame never costs gigabytes."""
+        if max_pixels < 0:
+            raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
         retain_freed_memory()
         if backend in (None, AUTO):
-            backend = "torch" if isinstance(checkpoint, dict) else resolve_backend(backend, checkpoint, device)
+            if isinstance(checkpoint, dict) or not is_package(checkpoint):
+                backend = "torch"
+            else:
+                cache = latency_cache or LatencyCache(LatencyCache.default_path())
+                size = ModelPackage.load(checkpoint).input_size
+                backend = choose_backend(checkpoint, size, AUTO, resize, device, cache).backend
         backend_class(backend)  # an unknown name fails before anything is loaded
         model = ModelSource(checkpoint) if isinstance(checkpoint, dict) else ModelSource.load(checkpoint)
         self.source = None if model.path is None else str(model.path)
@@ -58,6 +79,7 @@ class Segmenter:
             self.backend_name, self.backend = "torch", create_backend("torch", model, device)
         self.resize = resize
         self.whole_frame = whole_frame
+        self.max_pixels = int(max_pixels)
         ckpt = model.checkpoint
         self.class_names: List[str] = list(ckpt["class_names"])
         self.palette: List[List[int]] = [list(map(int, c)) for c in ckpt["palette"]]
@@ -77,30 +99,170 @@ class Segmenter:
         size = tuple(size)
         return self.whole_frame and getattr(self.backend, "frame_size", None) == size and tuple(self.resize.network_size(size)) == size
 
-    def segment(self, rgb: np.ndarray) -> Tuple[np.ndarray, Timings]:
-        """RGB uint8 (H, W, 3) -> (class ids uint8 (H, W), stage timings).
+    @overload
+    def segment(self, rgb: np.ndarray, confidence: Literal[False] = False) -> Tuple[np.ndarray, Timings]: ...
+
+    @overload
+    def segment(self, rgb: np.ndarray, confidence: Literal[True]) -> Tuple[np.ndarray, Timings, np.ndarray]: ...
+
+    def segment(self, rgb: np.ndarray, confidence: bool = False) -> Union[Tuple[np.ndarray, Timings], Tuple[np.ndarray, Timings, np.ndarray]]:
+        """RGB uint8 (H, W, 3) -> (class ids uint8 (H, W), stage timings); with ``confidence`` also
+        each pixel's confidence in its class, uint8 (H, W), 0-255 (:func:`~.transforms.labels_and_confidence`).
 
         When the backend runs the whole frame (:meth:`runs_whole_frame`), all of it is timed as
-        inference and the pre- and post-processing times are zero."""
+        inference and the pre- and post-processing times are zero. That call gives class ids
+        only, so a frame asked for its confidence takes the network path instead (the backend's
+        ``forward``, then this class's softmax): the same labels, at the cost of the pre- and
+        post-processing that the whole-frame call would have compiled in.
+
+        A frame of more than ``max_pixels`` pixels is first scaled down to fit (aspect ratio kept,
+        :func:`~.transforms.fit_pixels`) and processed as a frame of that size; its class ids and
+        confidence are then enlarged back by nearest neighbour, so they keep the input's size and
+        align with the camera image pixel for pixel, as consumers of a label image expect."""
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {getattr(rgb, 'dtype', type(rgb))} {np.shape(rgb)}")
         t0 = time.perf_counter()
-        size = rgb.shape[:2]
-        if self.runs_whole_frame(size):
+        size = tuple(rgb.shape[:2])
+        fit = fit_pixels(size, self.max_pixels)
+        if fit != size:
+            rgb = shrink(rgb, fit)
+        conf = None
+        if not confidence and self.runs_whole_frame(fit):
             labels = self.backend.labels(rgb)
+            if fit != size:
+                labels = enlarge_nearest(labels, size)
             return labels, Timings(0.0, 1e3 * (time.perf_counter() - t0), 0.0)
-        x = preprocess(rgb, self.mean, self.std, self.resize.network_size(size))
+        x = preprocess(rgb, self.mean, self.std, self.resize.network_size(fit))
         t1 = time.perf_counter()
         with torch.no_grad():
             logits = self.backend.forward(x)
             t2 = time.perf_counter()
-            labels = postprocess(logits, size)
-        t3 = time.perf_counter()
-        return labels, Timings(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))
+            if confidence:
+                labels, conf = labels_and_confidence(logits, fit)
+            else:
+                labels = postprocess(logits, fit)
+        if fit != size:
+            labels = enlarge_nearest(labels, size)
+            conf = None if conf is None else enlarge_nearest(conf, size)
+        timings = Timings(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (time.perf_counter() - t2))
+        return (labels, timings, conf) if confidence else (labels, timings)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """Class ids (H, W) -> RGB palette image (H, W, 3)."""
         return self._palette_lut[labels]
 
 
-__all__ = ["Segmenter"]
+@dataclass(frozen=True)
+class BackendTiming:
+    """One backend's latency for one model here, and how often its labels equal torch's
+    (``agreement``; None where it was not checked: a backend chosen by name)."""
+
+    backend: str
+    latency: LatencyStats
+    agreement: Optional[float]
+    cached: bool
+
+    @property
+    def agrees(self) -> bool:
+        return self.agreement is None or self.agreement >= AGREEMENT
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend :func:`choose_backend` picked, and every candidate it weighed."""
+
+    chosen: BackendTiming
+    candidates: Tuple[BackendTiming, ...]
+
+    @property
+    def backend(self) -> str:
+        return self.chosen.backend
+
+    def describe(self) -> str:
+        """One line: every candidate with its median, p95 and agreement; the chosen one marked ``*``."""
+        parts = []
+        for t in self.candidates:
+            agree = "" if t.agreement is None else f", {100 * t.agreement:.2f} % as torch" + ("" if t.agrees else " (disagrees)")
+            parts.append(f"{'*' if t is self.chosen else ''}{t.backend} p50 {t.latency.p50:.1f} ms p95 {t.latency.p95:.1f} ms{agree}")
+        return "; ".join(parts)
+
+
+def candidate_backends(model: str | os.PathLike) -> List[str]:
+    """The backends ``auto`` weighs for ``model``: torch for a checkpoint; for a package also tvm (when it
+    has a library), onnxruntime and openvino FP32 (when it has the ONNX exports), where installed."""
+    if not is_package(model):
+        return ["torch"]
+    package = ModelPackage.load(model)
+    names = ["torch"]
+    if package.libraries and installed("tvm"):
+        names.append("tvm")
+    if package.onnx is not None:
+        names += [n for n in ("onnxruntime", "openvino") if installed(n)]
+    return names
+
+
+def _agreement(segmenter: Segmenter, reference: Segmenter, size: Tuple[int, int], scenes: int = 2) -> float:
+    rng = np.random.default_rng(0)
+    same = total = 0
+    for _ in range(scenes):
+        rgb, _ = render_street(rng, size[0], size[1])
+        a, b = segmenter(rgb), reference(rgb)
+        same, total = same + int((a == b).sum()), total + a.size
+    return same / total
+
+
+def choose_backend(
+    model: str | os.PathLike,
+    size: Tuple[int, int],
+    backend: Optional[str] = AUTO,
+    resize: ResizePolicy = ResizePolicy(),
+    device: str = "cpu",
+    cache: Optional[LatencyCache] = None,
+    iterations: int = 20,
+    warmup: int = 3,
+    log: Callable[[str], None] = lambda s: None,
+) -> BackendChoice:
+    """Measure ``model`` at image ``size`` on this machine and pick its backend.
+
+    ``backend`` ``auto`` (or None) weighs :func:`candidate_backends`: each is timed (whole frame, as the
+    node runs it) and its labels compared with torch's on probe street scenes; the fastest by median
+    among those that agree (:data:`AGREEMENT`) wins, so an untuned TVM library slower than another
+    backend is never picked. A named backend is measured alone. Results are kept in ``cache`` per
+    device fingerprint and read from it next time."""
+    names = candidate_backends(model) if backend in (None, AUTO) else [backend]
+    key = LatencyCache.entry_key(model, size, resize)
+    weigh = len(names) > 1
+    reference: Optional[Segmenter] = None
+    timings: List[BackendTiming] = []
+    problems: List[str] = []
+    for name in names:
+        fp = device_fingerprint(name, device)
+        stats = cache.get(fp, key) if cache else None
+        entry = cache.get_entry(fp, key) if cache and stats else None
+        agreement = 1.0 if name == "torch" else (entry or {}).get("agreement")
+        if stats is not None and (agreement is not None or not weigh):
+            timings.append(BackendTiming(name, stats, agreement if weigh else None, True))
+            continue
+        try:
+            seg = Segmenter(model, name, resize, device)
+        except (BackendUnavailable, PackageError) as e:
+            if not weigh:
+                raise
+            problems.append(f"{name}: {e}")
+            log(f"backend {name} cannot run {model} here: {e}")
+            continue
+        log(f"measuring {Path(model).name} on {name} at {size[0]}x{size[1]} ({iterations} runs)")
+        stats = measure_latency(seg, size, iterations, warmup)
+        if weigh and name != "torch":
+            reference = reference or Segmenter(model, "torch", resize, device)
+            agreement = _agreement(seg, reference, size)
+        if cache:
+            cache.put(fp, key, stats, **({"agreement": agreement} if weigh else {}))
+        timings.append(BackendTiming(name, stats, agreement if weigh else None, False))
+    eligible = [t for t in timings if t.agrees]
+    if not eligible:
+        raise BackendUnavailable(f"{model}: no backend runs it here ({'; '.join(problems) or 'none agrees with torch'})")
+    return BackendChoice(min(eligible, key=lambda t: t.latency.p50), tuple(timings))
+
+
+__all__ = ["AGREEMENT", "BackendChoice", "BackendTiming", "Segmenter", "candidate_backends", "choose_backend"]

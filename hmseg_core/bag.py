@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -24,10 +27,12 @@ IMAGE_TOPIC = "/camera/image_raw"
 LABEL_TOPIC = "/camera/labels"
 INFO_TOPIC = "/hmseg/drive_info"
 STORAGES = ("mcap", "sqlite3")
+IMAGE_TYPE = "sensor_msgs/msg/Image"
 
 
 class BagError(ValueError):
-    """A bag is missing, unreadable or lacks the expected topics; the message says which."""
+    """A bag is missing, unreadable (truncated, corrupt, not rosbag2) or lacks the expected topics;
+    the message names the bag and says what to do, on one line."""
 
 
 @dataclass
@@ -141,14 +146,47 @@ def _stamp(msg) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
-def read_info(path: str | os.PathLike) -> dict:
-    """The drive description written by :func:`make_bag` (empty dict for other bags)."""
-    from rosbags.highlevel import AnyReader
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
-    path = Path(path)
+
+def _unreadable(path: Path, e: BaseException) -> BagError:
+    return BagError(
+        f"{path}: not a readable rosbag2 bag ({_first_line(e)}); give the bag's folder (with metadata.yaml), "
+        "or record it again ('hmseg-core bag make', 'ros2 bag record') if it is truncated"
+    )
+
+
+@contextmanager
+def _open(path: Path):
+    """An open ``AnyReader``; what rosbags raises for a truncated, corrupt or foreign bag (at
+    opening or while reading) becomes a :class:`BagError`."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.rosbag2 import ReaderError
+    from rosbags.serde import SerdeError
+
+    broken = (AnyReaderError, ReaderError, SerdeError, sqlite3.Error, struct.error, EOFError)
     if not path.exists():
         raise BagError(f"{path}: bag not found")
-    with AnyReader([path], default_typestore=_typestore()) as r:
+    typestore = _typestore()
+    try:
+        reader = AnyReader([path], default_typestore=typestore)
+        reader.open()
+    except broken + (FileNotFoundError,) as e:  # a folder without metadata.yaml: FileNotFoundError
+        raise _unreadable(path, e) from None
+    try:
+        yield reader
+    except broken as e:
+        raise _unreadable(path, e) from None
+    finally:
+        reader.close()
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The drive description written by :func:`make_bag` (empty dict for other bags)."""
+    path = Path(path)
+    with _open(path) as r:
         conns = [c for c in r.connections if c.topic == INFO_TOPIC]
         for conn, _, raw in r.messages(connections=conns):
             return json.loads(r.deserialize(raw, conn.msgtype).data)
@@ -158,28 +196,35 @@ def read_info(path: str | os.PathLike) -> dict:
 def read_drive(path: str | os.PathLike, image_topic: str = IMAGE_TOPIC, label_topic: Optional[str] = LABEL_TOPIC) -> Iterator[Frame]:
     """Frames of a bag in stamp order; labels paired by header stamp (frames without labels get
     an all-ignore map, so a bag without ground truth still replays)."""
-    from rosbags.highlevel import AnyReader
-
     path = Path(path)
-    if not path.exists():
-        raise BagError(f"{path}: bag not found")
-    with AnyReader([path], default_typestore=_typestore()) as r:
+    with _open(path) as r:
         topics = {c.topic for c in r.connections}
         if image_topic not in topics:
             raise BagError(f"{path}: no topic {image_topic!r}; topics: {', '.join(sorted(topics))}")
+        for topic in (image_topic, label_topic):
+            types = {c.msgtype for c in r.connections if c.topic == topic}
+            if topic in topics and types != {IMAGE_TYPE}:
+                raise BagError(f"{path}: topic {topic!r} holds {', '.join(sorted(types))}, not {IMAGE_TYPE}")
         labels = {}
         if label_topic and label_topic in topics:
             for conn, _, raw in r.messages(connections=[c for c in r.connections if c.topic == label_topic]):
                 msg = r.deserialize(raw, conn.msgtype)
-                labels[_stamp(msg)] = image_codec.to_mono(_raw(msg))
+                labels[_stamp(msg)] = _decode(path, label_topic, msg, image_codec.to_mono)
         for conn, _, raw in r.messages(connections=[c for c in r.connections if c.topic == image_topic]):
             msg = r.deserialize(raw, conn.msgtype)
             stamp = _stamp(msg)
-            img = image_codec.to_rgb(_raw(msg))
+            img = _decode(path, image_topic, msg, image_codec.to_rgb)
             lbl = labels.get(stamp)
             if lbl is None:
                 lbl = np.full(img.shape[:2], IGNORE_INDEX, np.uint8)
             yield Frame(img, lbl, stamp)
+
+
+def _decode(path: Path, topic: str, msg, convert):
+    try:
+        return convert(_raw(msg))
+    except image_codec.ImageDecodeError as e:
+        raise BagError(f"{path}: a message on {topic} at stamp {_stamp(msg)} ns is not a valid image ({e})") from None
 
 
 def evaluate_frames(segmenter, frames: Iterable[Frame], num_classes: int):

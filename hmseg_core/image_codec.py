@@ -54,7 +54,9 @@ def pixels(img: RawImage) -> np.ndarray:
     """The image as an (H, W, C) uint8 array in its own channel order (a view where possible).
 
     Checks, in order: known encoding, non-empty size, ``step`` at least one row of pixels,
-    and ``data`` holding ``step * height`` bytes.
+    and ``data`` holding ``step * height`` bytes. Nothing is allocated before these checks pass
+    (the data is only viewed), so a header that claims a huge image costs nothing: the size it
+    claims is compared with the bytes that actually came (Python integers do not overflow).
     """
     if img.encoding not in ENCODINGS:
         raise ImageDecodeError("encoding", f"unsupported encoding {img.encoding!r}; supported: {', '.join(ENCODINGS)}")

@@ -8,6 +8,7 @@ Importing this module imports neither rclpy nor rosbags nor torch; the handler d
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,38 +18,63 @@ from hmseg_core.cli.drive import add_source_args, source_frames
 
 
 def cmd_replay_eval(args: argparse.Namespace) -> int:
+    """Build the drive when no ``--bag`` is given, run the pipeline, print the report.
+
+    Bad input anywhere on the way (a missing or damaged model, zoo or bag, a parameter the nodes
+    refuse) ends in one line naming it and exit status 2, and leaves no report folder behind."""
     try:
+        from .node_main import STARTUP_ERRORS, one_line
         from .replay_eval import run_replay_eval
     except ImportError as e:
         print(f"hmseg-core replay-eval: needs ROS 2 (rclpy): {e}\n  on plain Python: pip install 'hmseg_ros[ros]'", file=sys.stderr)
         return 2
-    from hmseg_core.bag import make_bag
-
-    if not args.zoo and not args.checkpoint:
-        raise ValueError("give --zoo (a model zoo index) or --checkpoint (train one with 'hmseg-core demo')")
     out = Path(args.out)
+    created = not out.exists()
+    try:
+        return _replay_eval(run_replay_eval, out, args)
+    except STARTUP_ERRORS + (FileExistsError,) as e:
+        print(f"hmseg-core replay-eval: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        # a failed run (an error, Ctrl-C) leaves no half-written report folder; a report that
+        # was written stays, and so does a folder that was there before
+        if created and out.exists() and not (out / "replay_eval.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _replay_eval(run_replay_eval, out: Path, args: argparse.Namespace) -> int:
+    from hmseg_core.bag import make_bag
+    from hmseg_core.runtime import default_zoo_path
+
+    # the model: --zoo, else --checkpoint, else the zoo shipped with hmseg (as the node does)
+    zoo = args.zoo or ("" if args.checkpoint else str(default_zoo_path()))
     bag, scratch = args.bag, None
     if bag is None:  # build the drive from a data set or the synthetic street
         spec, frames = source_frames(args)
-        out.mkdir(parents=True, exist_ok=True)
         if args.keep_drive:
+            out.mkdir(parents=True, exist_ok=True)
             bag = out / "drive"
         else:  # data set frames do not stay behind in the report folder unless asked for
             scratch = tempfile.TemporaryDirectory(prefix="hmseg_drive_")
             bag = Path(scratch.name) / "drive"
-        summary = make_bag(bag, frames, spec, args.storage, args.rate)
+        try:
+            summary = make_bag(bag, frames, spec, args.storage, args.rate)
+        except BaseException:
+            if scratch is not None:
+                scratch.cleanup()
+            raise
         print(f"drive: {summary['frames']} frames {summary['size'][0]}x{summary['size'][1]} ({args.storage})")
     try:
-        rep = _run(run_replay_eval, bag, out, args)
+        rep = _run(run_replay_eval, bag, out, zoo, args)
     finally:
         if scratch is not None:
             scratch.cleanup()
     return _print_report(rep, args)
 
 
-def _run(run_replay_eval, bag, out, args):
+def _run(run_replay_eval, bag, out, zoo: str, args):
     return run_replay_eval(
-        bag, out, zoo=args.zoo or "", model=args.checkpoint or "", budget_ms=args.budget, backend=args.backend,
+        bag, out, zoo=zoo, model=args.checkpoint or "", budget_ms=args.budget, backend=args.backend,
         mode=args.mode, rate_scale=args.rate_scale, resize_policy="fixed" if args.network_size else "native",
         network_size=args.network_size, threads=args.threads, latency_cache=args.cache or "",
         offline_check=not args.no_offline_check,
@@ -80,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``replay-eval`` to ``sub`` (the ``hmseg_core.commands`` entry point)."""
     r = sub.add_parser("replay-eval", help="replay -> ROS 2 segmentation node -> evaluator in one process; mIoU and latency report")
     r.add_argument("--bag", help="rosbag2 drive; default: built from --data-root or the synthetic street")
-    r.add_argument("--zoo", help="model zoo index")
+    r.add_argument("--zoo", help="model zoo index (default: the zoo shipped with hmseg, unless --checkpoint is given)")
     r.add_argument("--checkpoint", help="a single checkpoint (instead of --zoo)")
     r.add_argument("--budget", type=float, default=0.0, help="latency budget in ms (0: the most accurate variant)")
     r.add_argument("--backend", default="auto", help="auto: packages on the fastest backend measured here that agrees with torch, checkpoints on torch")

@@ -15,7 +15,6 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -26,14 +25,15 @@ from hmseg_core.stream_eval import StreamEvaluator, write_report
 
 from .image_conv import ImageDecodeError, image_to_mono
 from .node_main import run_node, spin_until
+from .params import declare_parameters, descriptor
 
 NODE_NAME = "hmseg_evaluator"
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def _d(text: str) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, read_only=True)
+def _d(text: str, lo: float | None = None, hi: float | None = None):
+    return descriptor(text, True, lo, hi)
 
 
 PARAMETERS = {
@@ -42,7 +42,7 @@ PARAMETERS = {
     "classes_topic": ("/hmseg_segment/classes", _d("class names (JSON, transient-local) when 'class_names' is empty")),
     "class_names": ([""], _d("class names in id order; empty: taken from classes_topic")),
     "replay_status_topic": ("/hmseg_replay/status", _d("replay progress (JSON); 'done' ends the evaluation")),
-    "grace_s": (2.0, _d("after the replay is done, wait this long for late predictions")),
+    "grace_s": (2.0, _d("after the replay is done, wait this long for late predictions", 0.0, 3600.0)),
     "report_dir": ("", _d("write replay_eval.json/.md/.png here at the end; empty: no files")),
 }
 
@@ -50,9 +50,7 @@ PARAMETERS = {
 class EvaluatorNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.p = declare_parameters(self, PARAMETERS)
         self._lock = threading.Lock()
         self.evaluator: Optional[StreamEvaluator] = None
         self._early: List[tuple] = []  # messages that came before the class list

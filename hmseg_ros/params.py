@@ -120,7 +120,8 @@ def declare_parameters(node: Node, table: Table, check: Optional[Check] = None) 
             if reason is not None:
                 # rclpy already wrote the refused value's type into the (dynamically typed)
                 # descriptor; put the declared type back so `ros2 param describe` stays right
-                node.describe_parameter(p.name).type = declared[p.name].value
+                if node.has_parameter(p.name):
+                    node.describe_parameter(p.name).type = declared[p.name].value
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -29,16 +28,14 @@ from hmseg_core.bag import IMAGE_TOPIC, LABEL_TOPIC, read_drive, read_info
 
 from .image_conv import numpy_to_image
 from .node_main import run_node, spin_until
+from .params import declare_parameters, descriptor
 
 NODE_NAME = "hmseg_replay"
 MODES = ("recorded", "lockstep")
 
 
-def _d(text: str, lo: float | None = None, hi: float | None = None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=True)
-    if lo is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-    return d
+def _d(text: str, lo: float | None = None, hi: float | None = None):
+    return descriptor(text, True, lo, hi)
 
 
 PARAMETERS = {
@@ -51,8 +48,8 @@ PARAMETERS = {
     "rate_scale": (1.0, _d("recorded mode: playback speed factor", 0.01, 100.0)),
     "pace_topic": ("/hmseg_segment/labels", _d("lockstep mode: predictions to wait for (matched by stamp)")),
     "lockstep_timeout_s": (5.0, _d("lockstep mode: give up waiting for a prediction after this long", 0.01, 600.0)),
-    "restamp": (True, ParameterDescriptor(description="stamp frames with the current time (latency on one clock)", read_only=True)),
-    "wait_for_subscribers": (1, ParameterDescriptor(description="start once the image topic has this many subscribers", read_only=True)),
+    "restamp": (True, _d("stamp frames with the current time (latency on one clock)")),
+    "wait_for_subscribers": (1, descriptor("start once the image topic has this many subscribers", True, 0, 1000)),
     "start_timeout_s": (30.0, _d("give up waiting for subscribers after this long and publish anyway", 0.0, 3600.0)),
 }
 
@@ -62,13 +59,10 @@ RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 class ReplayNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._stop = threading.Event()
+        p = declare_parameters(self, PARAMETERS, _check)
         if not p["bag"]:
             raise ValueError("parameter 'bag' is required (a rosbag2 folder)")
-        if p["mode"] not in MODES:
-            raise ValueError(f"mode {p['mode']!r}: use one of {', '.join(MODES)}")
         self.p = p
         self.info = read_info(p["bag"])
         self.pub_image = self.create_publisher(Image, p["image_topic"], RELIABLE)
@@ -82,7 +76,6 @@ class ReplayNode(Node):
             self.create_subscription(Image, p["pace_topic"], self._on_prediction, RELIABLE)
         self.published = self.timeouts = 0
         self.done = threading.Event()
-        self._stop = threading.Event()
         self._status()
         self._thread = threading.Thread(target=self._play, name="hmseg_replay", daemon=True)
         self._thread.start()
@@ -137,11 +130,20 @@ class ReplayNode(Node):
             log.info(f"replay finished: {self.published} frames, {self.timeouts} lockstep timeouts")
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._paced.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
+        # the events and the thread are absent when start-up failed before they existed
+        stop, paced, thread = (getattr(self, a, None) for a in ("_stop", "_paced", "_thread"))
+        for event in (stop, paced):
+            if event is not None:
+                event.set()
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=5.0)
         super().destroy_node()
+
+
+def _check(name: str, value) -> str | None:
+    if name == "mode" and value not in MODES:
+        return f"'mode' must be one of {', '.join(MODES)}, got {value!r}"
+    return None
 
 
 def main(args=None) -> int:

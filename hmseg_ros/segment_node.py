@@ -43,6 +43,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -77,6 +78,7 @@ try:  # vision_msgs: a distro package (ros-<distro>-vision-msgs), or ../shared/r
 except ImportError:  # pragma: no cover - depends on the machine
     LabelInfo = VisionClass = None
 
+RCLError = rclpy_implementation.RCLError  # what rclpy raises when rcl fails (e.g. publishing after shutdown)
 NODE_NAME = "hmseg_segment"
 MAX_BUDGET_MS = 60_000.0
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -84,8 +86,8 @@ RESIZE_CHOICES = ("native", "fixed")
 #: the vision_msgs class id of "unlabeled" in a mono8 class map
 UNLABELED = 255
 #: default max_input_pixels: DCI 4K (4096 x 2160). Every common camera up to 4K runs at its own size;
-#: a bigger frame (a 12-24 MP still, a corrupt header) is scaled down to this for the network, which
-#: bounds one frame's memory near 1.7 GiB (measured: 8.4 MP 1.7 GiB, 24 MP 3.8 GiB peak RSS, mrms_tiny).
+#: a bigger frame (a 12-24 MP still) is scaled down to this for the network, so it costs no more than
+#: a 4K frame (measured here, mrms_tiny on torch: 8.4 MP 1.7 GiB peak RSS; 24 MP unguarded 3.8 GiB, 26 s).
 MAX_INPUT_PIXELS = 4096 * 2160
 
 
@@ -239,11 +241,15 @@ class SegmentNode(Node):
         if self.stream.count_bad(kind):
             self.get_logger().warning(f"bad input ({kind}): {message}; further '{kind}' problems are only counted")
 
-    def _shutting_down(self) -> bool:
-        return self._closing.is_set() or not self.context.ok()
+    def _shutdown_began(self, e: BaseException) -> bool:
+        """Whether ``e`` is a publish failing because shutdown began ("publisher's context is
+        invalid"): after destroy_node started, or an rcl error once the context is down (another
+        process's signal handler may shut it down first). Only rcl errors ask the context, whose
+        lock the shutdown holds while it waits for this worker."""
+        return self._closing.is_set() or (isinstance(e, RCLError) and not self.context.ok())
 
     def _on_stream_error(self, stage: str, e: BaseException) -> None:
-        if self._shutting_down():  # e.g. "publisher's context is invalid" after Ctrl-C: not bad input
+        if self._shutdown_began(e):  # not bad input: nothing to count or log
             return
         if stage == "frame":
             self._count_bad("inference", f"inference failed: {type(e).__name__}: {e}")

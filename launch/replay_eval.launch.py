@@ -1,52 +1,73 @@
 """Replay a drive through the segmenter and evaluate it, as three processes:
 ``ros2 launch hmseg_ros replay_eval.launch.py bag:=drive zoo:=zoo.yaml report_dir:=report``.
 
-The segment node reads config/segment.yaml, replay and evaluator config/replay_eval.yaml;
-the arguments override both. Everything shuts down when the evaluator has written its report.
-(``hmseg-core replay-eval`` runs the same nodes in one process.)
+The segment node reads ``params_file`` (default config/segment.yaml), replay and evaluator
+``replay_params_file`` (default config/replay_eval.yaml); an argument given on the command line
+overrides the file's value, one left out (empty) leaves it alone. The segment node always
+listens to the replay (reliable QoS). Everything shuts down when the evaluator has written its
+report. (``hmseg-core replay-eval`` runs the same nodes in one process.)
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+# launch argument -> parameter type, per node; each is a key of that node's config file
+SEGMENT_ARGUMENTS = {"zoo": str, "model": str, "latency_budget_ms": float, "backend": str}
+REPLAY_ARGUMENTS = {"bag": str, "mode": str}
+EVALUATOR_ARGUMENTS = {"report_dir": str}
+
+
+def given(context, arguments: dict) -> dict:
+    """The arguments given on the command line (non-empty), converted to their parameter types."""
+    out = {}
+    for name, kind in arguments.items():
+        text = LaunchConfiguration(name).perform(context).strip()
+        if not text:
+            continue
+        try:
+            out[name] = kind(text)
+        except ValueError:
+            raise ValueError(f"launch argument {name}:={text!r}: expected a {kind.__name__}") from None
+    return out
+
+
+def _nodes(context, *args, **kwargs):
+    segment_file = LaunchConfiguration("params_file").perform(context)
+    replay_file = LaunchConfiguration("replay_params_file").perform(context)
+    segment = Node(
+        package="hmseg_ros", executable="hmseg_segment", name="hmseg_segment", output="screen",
+        parameters=[segment_file, given(context, SEGMENT_ARGUMENTS), {"input_topic": "/hmseg/replay/image", "qos": "reliable"}],
+    )
+    replay = Node(
+        package="hmseg_ros", executable="hmseg_replay", name="hmseg_replay", output="screen",
+        parameters=[replay_file, given(context, REPLAY_ARGUMENTS)],
+    )
+    evaluator = Node(
+        package="hmseg_ros", executable="hmseg_evaluator", name="hmseg_evaluator", output="screen",
+        parameters=[replay_file, given(context, EVALUATOR_ARGUMENTS)],
+    )
+    done = RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[EmitEvent(event=Shutdown(reason="evaluation written"))]))
+    return [segment, replay, evaluator, done]
 
 
 def generate_launch_description():
     share = get_package_share_directory("hmseg_ros")
-    cfg = lambda name: LaunchConfiguration(name)  # noqa: E731
     args = [
         DeclareLaunchArgument("bag", description="rosbag2 drive (hmseg-core bag make)"),
-        DeclareLaunchArgument("zoo", default_value="", description="model zoo index"),
-        DeclareLaunchArgument("model", default_value="", description="single checkpoint when zoo is empty"),
-        DeclareLaunchArgument("latency_budget_ms", default_value="0.0", description="p95 budget in ms (0: none)"),
-        DeclareLaunchArgument("backend", default_value="auto", description="inference backend (auto: packages on their fastest recorded backend, else tvm; checkpoints on torch)"),
-        DeclareLaunchArgument("mode", default_value="lockstep", description="lockstep or recorded"),
-        DeclareLaunchArgument("report_dir", default_value="replay_eval_report", description="report folder"),
+        DeclareLaunchArgument("zoo", default_value="", description="model zoo index (empty: params_file's; both zoo and model empty: the shipped zoo)"),
+        DeclareLaunchArgument("model", default_value="", description="single checkpoint when zoo is empty (empty: params_file's)"),
+        DeclareLaunchArgument("latency_budget_ms", default_value="", description="p95 budget in ms, 0: none (empty: params_file's)"),
+        DeclareLaunchArgument("backend", default_value="", description="inference backend (empty: params_file's)"),
+        DeclareLaunchArgument("mode", default_value="", description="lockstep or recorded (empty: replay_params_file's)"),
+        DeclareLaunchArgument("report_dir", default_value="", description="report folder (empty: replay_params_file's)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "segment.yaml"), description="segment node parameters"),
         DeclareLaunchArgument("replay_params_file", default_value=os.path.join(share, "config", "replay_eval.yaml"), description="replay and evaluator parameters"),
     ]
-    segment = Node(
-        package="hmseg_ros", executable="hmseg_segment", name="hmseg_segment", output="screen",
-        parameters=[cfg("params_file"), {
-            "zoo": cfg("zoo"), "model": cfg("model"), "backend": cfg("backend"),
-            "latency_budget_ms": ParameterValue(cfg("latency_budget_ms"), value_type=float),
-            "input_topic": "/hmseg/replay/image", "qos": "reliable",
-        }],
-    )
-    replay = Node(
-        package="hmseg_ros", executable="hmseg_replay", name="hmseg_replay", output="screen",
-        parameters=[cfg("replay_params_file"), {"bag": cfg("bag"), "mode": cfg("mode")}],
-    )
-    evaluator = Node(
-        package="hmseg_ros", executable="hmseg_evaluator", name="hmseg_evaluator", output="screen",
-        parameters=[cfg("replay_params_file"), {"report_dir": cfg("report_dir")}],
-    )
-    done = RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[EmitEvent(event=Shutdown(reason="evaluation written"))]))
-    return LaunchDescription(args + [segment, replay, evaluator, done])
+    return LaunchDescription(args + [OpaqueFunction(function=_nodes)])

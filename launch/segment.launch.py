@@ -1,40 +1,63 @@
 """Segment a camera: ``ros2 launch hmseg_ros segment.launch.py input_topic:=/camera/image_raw zoo:=/path/zoo.yaml latency_budget_ms:=30``.
 
-Every argument is a key of config/segment.yaml and defaults to that file's value; the
-params file is applied first and the arguments override it.
+Parameters come from ``params_file`` (default: the packaged config/segment.yaml); each argument
+below that is given on the command line overrides that file's value, and an argument left out
+(empty) leaves it alone, so ``params_file:=my.yaml`` runs with my.yaml's values.
+
+``namespace:=front`` runs the node as ``/front/hmseg_segment``: its outputs move to
+``/front/hmseg_segment/...`` and the default (relative) ``input_topic`` becomes
+``/front/camera/image_raw``, so one launch per camera runs several side by side.
+
+Needs the package built with colcon (``ros2 launch`` runs the executables in
+``<prefix>/lib/hmseg_ros/``, which a plain ``pip install`` does not create).
 """
 
 import os
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
-# launch argument -> parameter type
+# launch argument -> parameter type; each is a key of config/segment.yaml
 ARGUMENTS = {"input_topic": str, "zoo": str, "model": str, "latency_budget_ms": float, "backend": str}
+
+
+def given_arguments(context, arguments=ARGUMENTS) -> dict:
+    """The arguments given on the command line (non-empty), converted to their parameter types."""
+    out = {}
+    for name, kind in arguments.items():
+        text = LaunchConfiguration(name).perform(context).strip()
+        if not text:
+            continue
+        try:
+            out[name] = kind(text)
+        except ValueError:
+            raise ValueError(f"launch argument {name}:={text!r}: expected a {kind.__name__}") from None
+    return out
+
+
+def _node(context, *args, **kwargs):
+    return [Node(
+        package="hmseg_ros",
+        executable="hmseg_segment",
+        name="hmseg_segment",
+        namespace=LaunchConfiguration("namespace").perform(context),
+        output="screen",
+        # later entries win: the params file, then only the arguments actually given
+        parameters=[LaunchConfiguration("params_file").perform(context), given_arguments(context)],
+    )]
 
 
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory("hmseg_ros"), "config", "segment.yaml")
-    with open(default_params) as f:
-        defaults = yaml.safe_load(f)["/**"]["ros__parameters"]
-    args = [DeclareLaunchArgument("params_file", default_value=default_params, description="parameters file (/**: ros__parameters:)")]
+    args = [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="parameters file (/**: ros__parameters:)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node, e.g. one per camera (front, rear)"),
+    ]
     args += [
-        DeclareLaunchArgument(name, default_value=str(defaults[name]), description=f"segment node parameter '{name}'")
+        DeclareLaunchArgument(name, default_value="", description=f"segment node parameter '{name}' (empty: the value in params_file)")
         for name in ARGUMENTS
     ]
-    node = Node(
-        package="hmseg_ros",
-        executable="hmseg_segment",
-        name="hmseg_segment",
-        output="screen",
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {name: ParameterValue(LaunchConfiguration(name), value_type=t) for name, t in ARGUMENTS.items()},
-        ],
-    )
-    return LaunchDescription(args + [node])
+    return LaunchDescription(args + [OpaqueFunction(function=_node)])

@@ -64,3 +64,41 @@ def test_cli_bag_make_from_camvid_layout(tmp_path, camvid_fixture, capsys):
     assert cli_main(["bag", "info", str(tmp_path / "b")]) == 0
     assert cli_main(["bag", "make", "--out", str(tmp_path / "b"), "--frames", "1", "--size", "32x32"]) == 2  # exists: clear error
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_truncated_and_foreign_bags_raise_one_clear_line(tmp_path, storage):
+    make_bag(tmp_path / "d", synthetic_drive(3, (32, 32)), storage=storage)
+    data = next(p for p in (tmp_path / "d").iterdir() if p.name != "metadata.yaml")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a copy cut off half way
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("not a bag")
+    (tmp_path / "file.mcap").write_bytes(b"\x00" * 64)
+    for bag in (tmp_path / "d", tmp_path / "foreign", tmp_path / "file.mcap"):
+        for read in (read_info, lambda b: list(read_drive(b))):
+            with pytest.raises(BagError) as e:
+                read(bag)
+            msg = str(e.value)
+            assert msg.startswith(f"{bag}: not a readable rosbag2 bag") and "\n" not in msg, msg
+
+
+def test_a_bag_whose_image_topic_is_not_images_is_refused(tmp_path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    String = ts.types["std_msgs/msg/String"]
+    with Writer(tmp_path / "b", version=9) as w:
+        conn = w.add_connection("/camera/image_raw", String.__msgtype__, typestore=ts)
+        w.write(conn, 1, ts.serialize_cdr(String(data="hello"), String.__msgtype__))
+    with pytest.raises(BagError, match="holds std_msgs/msg/String, not sensor_msgs/msg/Image"):
+        list(read_drive(tmp_path / "b"))
+
+
+def test_cli_bag_info_on_a_truncated_bag_is_one_line(tmp_path, capsys):
+    make_bag(tmp_path / "d", synthetic_drive(2, (32, 32)))
+    data = next((tmp_path / "d").glob("*.mcap"))
+    data.write_bytes(data.read_bytes()[:100])
+    assert cli_main(["bag", "info", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hmseg-core bag: error:") and "not a readable rosbag2 bag" in err, err

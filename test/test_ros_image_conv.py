@@ -50,3 +50,22 @@ def test_labels_and_bad_messages():
     with pytest.raises(ImageDecodeError) as e:
         image_to_rgb(msg)
     assert e.value.kind == "truncated"
+
+
+@pytest.mark.parametrize("use_cv_bridge", [False, None])
+def test_a_message_claiming_a_huge_size_is_refused_before_any_allocation(use_cv_bridge):
+    import tracemalloc
+
+    from sensor_msgs.msg import Image
+
+    msg = Image(encoding="rgb8", height=100_000, width=100_000, step=300_000)  # 30 GB claimed
+    msg.data = bytes(12)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageDecodeError) as e:
+            image_to_rgb(msg, use_cv_bridge=use_cv_bridge)  # the check runs before cv_bridge sees it
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.value.kind == "truncated" and "step*height" in str(e.value)
+    assert peak < 1 << 20, peak

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,6 +53,66 @@ def test_cli_default_drive_needs_no_dataset(tmp_path, ckpt, capsys):
     assert rep["matches_offline"] and not np.isnan(rep["miou"])
 
 
-def test_cli_replay_eval_requires_a_model(tmp_path, capsys):
-    assert cli_main(["replay-eval", "--frames", "1", "--out", str(tmp_path)]) == 2
-    assert "give --zoo" in capsys.readouterr().err
+def test_cli_replay_eval_runs_the_shipped_zoo_by_default(tmp_path, capsys):
+    """Without --zoo or --checkpoint, replay-eval runs the zoo shipped with hmseg, as the node does.
+    (It used to refuse: test_cli_replay_eval_requires_a_model; a missing *file* still exits 2, below.)"""
+    code = cli_main(["replay-eval", "--frames", "2", "--size", "48x64", "--threads", "1", "--cache", str(tmp_path / "lat.json"),
+                     "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rep = json.loads((tmp_path / "out" / "replay_eval.json").read_text())
+    assert rep["variant"] == "mrms_tiny" and rep["frames_evaluated"] == 2 and rep["matches_offline"]
+
+
+def _one_error_line(err: str, prefix: str = "hmseg-core replay-eval: error:") -> str:
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--zoo", "/nonexistent/zoo.yaml"], "zoo.yaml"),
+    (["--checkpoint", "/nonexistent/model.pt"], "model.pt"),
+])
+def test_cli_replay_eval_names_a_missing_model_file(tmp_path, capsys, args, names):
+    out = tmp_path / "out"
+    assert cli_main(["replay-eval", *args, "--frames", "1", "--size", "32x48", "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert names in line and "not found" in line
+    assert not out.exists()  # nothing left behind
+
+
+def test_cli_replay_eval_errors_inside_the_pipeline_are_one_line(tmp_path, ckpt, capsys):
+    """A damaged checkpoint, a value the node refuses, a truncated or foreign bag: one line each,
+    exit 2, no report folder."""
+    good = tmp_path / "good"
+    make_bag(good, dataset_drive_frames(2), storage="mcap")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(good, truncated)
+    mcap = next(truncated.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("not a bag")
+    broken_ckpt = tmp_path / "broken.pt"
+    broken_ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    common = ["--threads", "1", "--cache", str(tmp_path / "lat.json")]
+    cases = [
+        (["--checkpoint", str(broken_ckpt), "--bag", str(good)], "broken.pt"),
+        (["--checkpoint", str(ckpt), "--bag", str(good), "--budget", "-1"], "latency_budget_ms"),
+        (["--checkpoint", str(ckpt), "--bag", str(good), "--rate-scale", "0"], "rate_scale"),
+        (["--checkpoint", str(ckpt), "--bag", str(truncated)], f"{truncated}: not a readable rosbag2 bag"),
+        (["--checkpoint", str(ckpt), "--bag", str(tmp_path / "foreign")], f"{tmp_path / 'foreign'}: not a readable rosbag2 bag"),
+    ]
+    for i, (args, names) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert cli_main(["replay-eval", *args, *common, "--out", str(out)]) == 2, args
+        line = _one_error_line(capsys.readouterr().err)
+        assert names in line, (args, line)
+        assert not out.exists(), args
+
+
+def dataset_drive_frames(n: int):
+    from hmseg_core.bag import synthetic_drive
+
+    return synthetic_drive(n, (32, 48))

@@ -240,6 +240,8 @@ def test_burst_to_a_slow_model_drops_stale_frames_instead_of_queueing(zoo, monke
     (["zoo:=/nonexistent/zoo.yaml"], "zoo.yaml"),
     (["qos:=weird"], "qos"),
     (["backend:=bogus"], "backend"),
+    (["network_height:=0"], "network_height"),  # rclpy alone refuses it in declare_parameter, with a traceback
+    (["latency_budget_ms:=fast"], "latency_budget_ms"),  # the wrong type: said in words
 ])
 def test_a_node_that_cannot_start_says_why_in_one_line(params, names, tmp_path):
     import subprocess
@@ -253,3 +255,189 @@ def test_a_node_that_cannot_start_says_why_in_one_line(params, names, tmp_path):
     errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("hmseg_segment: error:") and names in errors[0], res.stderr
     assert "Traceback" not in res.stderr and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- what consumers read
+def test_diagnostics_report_the_backend_actually_running(ros):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    node, statuses = ros["node"], []
+    sub = ros["probe"].create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
+    try:
+        mine = lambda: [s for s in statuses if s.name == "hmseg_segment: segmentation"]  # noqa: E731
+        assert wait_for(lambda: bool(mine()), 5.0)
+        values = {kv.key: kv.value for kv in mine()[-1].values}
+        assert values["backend"] == node.segmenter.backend_name == "torch"
+        assert values["variant"] == node.selection.variant.name and "frames_downscaled" in values
+    finally:
+        ros["probe"].destroy_subscription(sub)
+
+
+def test_label_info_is_latched_vision_msgs_with_255_unlabeled(ros):
+    vision_msgs = pytest.importorskip("vision_msgs.msg", reason="vision_msgs comes with a distro or ../shared/ros2-tooling")
+    from hmseg_core.data.datasets import CAMVID
+
+    got = []
+    sub = ros["probe"].create_subscription(vision_msgs.LabelInfo, "/hmseg_segment/label_info", got.append, LATCHED)  # joins late
+    try:
+        assert wait_for(lambda: bool(got), 5.0)
+        class_map = {c.class_id: c.class_name for c in got[0].class_map}
+        assert class_map == {**dict(enumerate(CAMVID.class_names)), 255: "unlabeled"}
+        assert got[0].threshold == 0.0
+    finally:
+        ros["probe"].destroy_subscription(sub)
+
+
+def test_confidence_is_published_only_while_subscribed(ros, zoo, monkeypatch):
+    node, asked = ros["node"], []
+    real = node.segmenter.segment
+    monkeypatch.setattr(node.segmenter, "segment", lambda rgb, confidence=False: asked.append(confidence) or real(rgb, confidence))
+    send_and_wait(ros, numpy_to_image(frame(11), "rgb8"))
+    assert asked and not any(asked)  # nobody listens: no softmax
+
+    conf = []
+    sub = ros["probe"].create_subscription(Image, "/hmseg_segment/confidence", conf.append, RELIABLE)
+    try:
+        assert wait_for(lambda: node.pub_confidence.get_subscription_count() > 0)
+        rgb = frame(12)
+        out = send_and_wait(ros, numpy_to_image(rgb, "rgb8"))
+        assert wait_for(lambda: any(m.header.stamp == out.header.stamp for m in conf), 5.0)
+        msg = next(m for m in conf if m.header.stamp == out.header.stamp)
+        assert msg.encoding == "mono8" and (msg.height, msg.width) == (H, W) and msg.header.frame_id == out.header.frame_id
+        labels, _, expected = Segmenter(zoo["accurate"]).segment(rgb, confidence=True)
+        np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(H, W), expected)
+        np.testing.assert_array_equal(np.frombuffer(out.data, np.uint8).reshape(H, W), labels)
+    finally:
+        ros["probe"].destroy_subscription(sub)
+
+
+# ---------------------------------------------------------------------------- parameters: integers for floats
+def test_integers_are_taken_for_float_parameters_at_run_time(ros):
+    node = ros["node"]
+    try:
+        for name, value in (("latency_budget_ms", 7), ("overlay_alpha", 1)):
+            assert node.set_parameters([Parameter(name, value=value)])[0].successful
+            got = node.get_parameter(name)
+            assert got.type_ == Parameter.Type.DOUBLE and got.value == float(value) and isinstance(got.value, float)
+        assert wait_for(lambda: node.selection.budget_ms == 7.0, 5.0)
+        for name, value in (("overlay_alpha", 3), ("latency_budget_ms", -2)):  # ranges still hold
+            assert not node.set_parameters([Parameter(name, value=value)])[0].successful
+        res = node.set_parameters([Parameter("overlay_alpha", value="half")])[0]
+        assert not res.successful and "expects a number" in res.reason  # said in words, not "expected '3' got '4'"
+        assert node.describe_parameter("overlay_alpha").type == Parameter.Type.DOUBLE.value
+    finally:
+        node.set_parameters([Parameter("latency_budget_ms", value=0.0), Parameter("overlay_alpha", value=0.5)])
+
+
+def test_integers_are_taken_for_float_parameters_at_start_up(zoo, tmp_path):
+    import rclpy
+    import yaml
+
+    params = tmp_path / "my.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"latency_budget_ms": 30, "diagnostics_period_s": 2}}}))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = SegmentNode(context=ctx, cli_args=[
+            "--ros-args", "--params-file", str(params), "-p", "overlay_alpha:=1", "-p", f"zoo:={zoo['index']}",
+            "-p", f"latency_cache:={zoo['cache']}", "-p", f"expected_height:={H}", "-p", f"expected_width:={W}",
+            "-p", "threads:=1", "-p", "input_topic:=/startup_cam/image"])
+        for name, value in (("latency_budget_ms", 30.0), ("diagnostics_period_s", 2.0), ("overlay_alpha", 1.0)):
+            got = node.get_parameter(name)
+            assert got.type_ == Parameter.Type.DOUBLE and got.value == value, name
+        assert node.selection.budget_ms == 30.0
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+# ---------------------------------------------------------------------------- huge frames
+def test_a_header_claiming_a_huge_frame_is_refused_without_allocating(ros):
+    import resource
+
+    node = ros["node"]
+    before, peak = node.stats()["bad"].get("truncated", 0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    msg = Image(encoding="rgb8", height=100_000, width=100_000, step=300_000)  # 30 GB claimed, 12 bytes sent
+    msg.data = bytes(12)
+    t0 = time.monotonic()
+    ros["pub"].publish(msg)
+    assert wait_for(lambda: node.stats()["bad"].get("truncated", 0) > before, 5.0), node.stats()
+    assert time.monotonic() - t0 < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 1024  # KiB: nothing near the claimed size
+    send_and_wait(ros, numpy_to_image(frame(), "rgb8"))  # still serving
+
+
+def test_a_huge_frame_is_scaled_down_for_the_network_not_a_stall(zoo):
+    """The issue's frame: 4000x6000 rgb8 over reliable QoS. With max_input_pixels the network runs on
+    it scaled down; labels still come at 4000x6000, within a bounded time."""
+    spinner = Spinner()
+    try:
+        node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=overrides(
+            zoo, model=str(zoo["fast"]), zoo="", qos="reliable", max_input_pixels=4096, publish_color=False,
+            input_topic="/huge_cam/image", labels_topic="/huge_cam/labels")))
+        probe = spinner.node("huge_probe")
+        got = []
+        probe.create_subscription(Image, "/huge_cam/labels", got.append, RELIABLE)
+        pub = probe.create_publisher(Image, "/huge_cam/image", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() > 0 and node.pub_labels.get_subscription_count() > 0)
+        big = np.random.default_rng(5).integers(0, 256, size=(4000, 6000, 3), dtype=np.uint8)
+        t0 = time.monotonic()
+        pub.publish(numpy_to_image(big, "rgb8"))
+        assert wait_for(lambda: bool(got), 60.0), node.stats()
+        elapsed = time.monotonic() - t0
+        out = got[0]
+        assert (out.height, out.width, out.encoding) == (4000, 6000, "mono8")
+        expected = Segmenter(zoo["fast"], max_pixels=4096)(big)
+        np.testing.assert_array_equal(np.frombuffer(out.data, np.uint8).reshape(4000, 6000), expected)
+        assert node.frames_downscaled == 1 and node.stats()["bad"] == {}
+        assert elapsed < 60.0
+    finally:
+        spinner.close()
+
+
+# ---------------------------------------------------------------------------- shutdown
+def test_ctrl_c_with_frames_flowing_is_quiet(zoo, tmp_path):
+    """SIGINT while the worker is busy: exit 0, and no 'bad input' / 'context is invalid' on stderr."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import subprocess_env
+
+    script = shutil.which("hmseg_segment", path=str(Path(sys.executable).parent))
+    cmd = [script] if script else [sys.executable, "-m", "hmseg_ros.segment_node"]
+    h, w = 180, 240  # slow enough on the tiny model that frames are in flight at the signal
+    args = [f"model:={zoo['fast']}", "input_topic:=/sigint_cam/image", "labels_topic:=/sigint_cam/labels", "qos:=reliable",
+            f"expected_height:={h}", f"expected_width:={w}", "measure_iterations:=1", f"latency_cache:={tmp_path / 'lat.json'}"]
+    env = dict(subprocess_env(), ROS_LOG_DIR=str(tmp_path / "ros_log"))  # its log files stay out of ~/.ros
+    proc = subprocess.Popen(cmd + ["--ros-args"] + [a for p in args for a in ("-p", p)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    spinner = Spinner()
+    try:
+        probe = spinner.node("sigint_probe")
+        got = []
+        probe.create_subscription(Image, "/sigint_cam/labels", got.append, RELIABLE)
+        pub = probe.create_publisher(Image, "/sigint_cam/image", RELIABLE)
+        msg = numpy_to_image(frame(1, h, w), "rgb8")
+        deadline = time.monotonic() + 120.0
+        while len(got) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            pub.publish(msg)
+            time.sleep(0.03)
+        assert len(got) >= 2, proc.stderr.read() if proc.poll() is not None else "no labels"
+        for _ in range(5):
+            pub.publish(msg)
+            time.sleep(0.03)
+        proc.send_signal(signal.SIGINT)
+        for _ in range(20):  # frames keep coming during shutdown
+            pub.publish(msg)
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        spinner.close()
+    assert proc.returncode == 0, err[-3000:]
+    for bad in ("bad input", "context is invalid", "Failed to publish", "Traceback", "RCLError"):
+        assert bad not in err, err[-3000:]

@@ -206,3 +206,102 @@ def test_shipped_zoo_loads_and_segments():
     seg = Segmenter(variant.checkpoint)
     labels = seg(np.zeros((60, 80, 3), np.uint8))
     assert labels.shape == (60, 80) and int(labels.max()) < 11
+
+
+# ---------------------------------------------------------------------------- confidence and huge frames
+def test_confidence_is_the_softmax_probability_of_the_label(ckpt):
+    import torch
+
+    from hmseg_core.data.synthetic import render_street
+    from hmseg_core.evaluate import preprocess
+    from hmseg_core.runtime import default_zoo_path
+
+    trained = ModelZoo.load(default_zoo_path()).get("mrms_tiny").checkpoint  # confident somewhere, unsure elsewhere
+    for path in (ckpt, trained):
+        seg = Segmenter(path)
+        img, _ = render_street(np.random.default_rng(2), 45, 61)
+        labels, t, conf = seg.segment(img, confidence=True)
+        np.testing.assert_array_equal(labels, seg(img))  # the same labels as without confidence
+        assert conf.dtype == np.uint8 and conf.shape == img.shape[:2] and t.total > 0
+        model, c = model_from_checkpoint(path)
+        with torch.no_grad():
+            logits = model.eval()(preprocess(img, c["mean"], c["std"]))
+        p = torch.softmax(logits, 1).max(1).values[0].numpy()
+        assert np.abs(conf.astype(int) - np.rint(255 * p)).max() <= 1
+        assert conf.min() >= int(255 / seg.num_classes) - 1  # the top class is never below a uniform guess
+    assert conf.max() > 200 and conf.min() < conf.max()  # the trained model: a real spread
+
+
+def test_confidence_takes_the_network_path_on_a_whole_frame_backend(ckpt, monkeypatch):
+    from hmseg_core.runtime import BACKENDS, TorchBackend
+
+    calls = []
+
+    class WholeFrame(TorchBackend):
+        name = "whole_frame_torch"
+        frame_size = (50, 70)
+
+        def labels(self, rgb):
+            calls.append("labels")
+            return Segmenter(ckpt, whole_frame=False)(rgb)
+
+        def forward(self, x):
+            calls.append("forward")
+            return super().forward(x)
+
+    monkeypatch.setitem(BACKENDS, "whole_frame_torch", WholeFrame)
+    seg, img = Segmenter(ckpt, "whole_frame_torch"), rgb()
+    labels, t = seg.segment(img)
+    assert calls == ["labels"] and t.preprocess == t.postprocess == 0.0
+    calls.clear()
+    labels2, _, conf = seg.segment(img, confidence=True)
+    assert calls == ["forward"] and conf.shape == img.shape[:2]
+    np.testing.assert_array_equal(labels, labels2)
+
+
+def test_fit_pixels_and_nearest_enlargement():
+    from hmseg_core.runtime.transforms import enlarge_nearest, fit_pixels
+
+    assert fit_pixels((4000, 6000), 0) == (4000, 6000) and fit_pixels((360, 480), 360 * 480) == (360, 480)
+    for size, limit in (((4000, 6000), 4096 * 2160), ((4000, 6000), 4096), ((1, 10**8), 10**6), ((7, 3), 5)):
+        h, w = fit_pixels(size, limit)
+        assert 1 <= h <= size[0] and 1 <= w <= size[1] and h * w <= limit
+    h, w = fit_pixels((4000, 6000), 4096 * 2160)
+    assert abs(w / h - 1.5) < 0.01 and h * w > 0.99 * 4096 * 2160  # aspect kept, the budget used
+    small = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    big = enlarge_nearest(small, (4, 6))
+    np.testing.assert_array_equal(big, np.repeat(np.repeat(small, 2, 0), 2, 1))
+
+
+def test_frames_over_max_pixels_are_scaled_down_and_labels_come_back_at_their_size(ckpt):
+    from hmseg_core.runtime.transforms import enlarge_nearest, fit_pixels, shrink
+
+    img = rgb(120, 160)
+    seg = Segmenter(ckpt, max_pixels=3000)
+    labels, _, conf = seg.segment(img, confidence=True)
+    assert labels.shape == conf.shape == img.shape[:2]
+    fit = fit_pixels(img.shape[:2], 3000)
+    small_labels, _, small_conf = Segmenter(ckpt).segment(shrink(img, fit), confidence=True)
+    np.testing.assert_array_equal(labels, enlarge_nearest(small_labels, img.shape[:2]))
+    np.testing.assert_array_equal(conf, enlarge_nearest(small_conf, img.shape[:2]))
+    # frames within the limit are untouched: bit for bit the offline prediction
+    model, c = model_from_checkpoint(ckpt)
+    np.testing.assert_array_equal(Segmenter(ckpt, max_pixels=120 * 160)(img), predict(model.eval(), img, c["mean"], c["std"]))
+    with pytest.raises(ValueError, match="max_pixels"):
+        Segmenter(ckpt, max_pixels=-1)
+
+
+def test_a_header_claiming_a_huge_image_allocates_nothing():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for raw in (image_codec.RawImage(100_000, 100_000, "rgb8", 300_000, bytes(12)),
+                    image_codec.RawImage(2**31, 2**31, "bgra8", 2**33, bytes(64))):
+            with pytest.raises(image_codec.ImageDecodeError) as e:
+                image_codec.to_rgb(raw)
+            assert e.value.kind == "truncated"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak

@@ -73,6 +73,18 @@ def make_checkpoint(
     }
 
 
+#: entries of a training checkpoint that only resuming training needs
+TRAINING_STATE = ("optimizer", "scheduler", "scaler")
+
+
+def inference_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """``ckpt`` as shipped: weights and description only, without the optimizer state and the
+    training-only boosting heads (a third of the file and more)."""
+    slim = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+    slim["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("boost.")}
+    return slim
+
+
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     """Load and validate a checkpoint (weights under the current state-dict keys, :func:`migrate_state_dict`);
     every failure is a :class:`CheckpointError` naming the file."""

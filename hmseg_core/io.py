@@ -20,18 +20,19 @@ from typing import Any, BinaryIO, Callable, Optional
 FILE_MODE = 0o644
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``.
+def atomic_write_file(path: str | os.PathLike, produce: Callable[[Path], None]) -> Path:
+    """Have ``produce(tmp)`` write a temporary file beside ``path`` (a writer that takes a file name:
+    a linker, TVM's ``export_library``), then fsync it and rename it over ``path``.
 
     The folder is created if needed. On any error (or interrupt) the temporary file is removed
     and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        produce(Path(tmp))
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -40,6 +41,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """:func:`atomic_write_file` for writers that take an open binary file (``torch.save``, ``json``)."""
+
+    def produce(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return atomic_write_file(path, produce)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -76,4 +87,4 @@ def digest_json(doc: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:length]
 
 
-__all__ = ["FILE_MODE", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "digest", "digest_json", "stale_temporaries"]
+__all__ = ["FILE_MODE", "atomic_write", "atomic_write_bytes", "atomic_write_file", "atomic_write_json", "atomic_write_text", "digest", "digest_json", "stale_temporaries"]

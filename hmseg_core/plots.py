@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence, Tuple
 
 import matplotlib
 
@@ -34,6 +35,31 @@ def plot_training_log(log_path: Path, out_path: Path) -> Path:
         ax2.plot(vsteps, vmiou, "o-", color="tab:red", ms=3)
         ax2.set_ylabel("val mIoU (%)", color="tab:red")
     ax.set_title(Path(log_path).parent.name)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlabel: str = "measured latency (ms)") -> Path:
+    """Validation mIoU against measured latency, one labelled point per ``(name, latency_ms, miou)``;
+    the variants no other beats on both (the Pareto front) joined by a line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = sorted(points, key=lambda p: (p[1], -p[2]))
+    front, best = [], -1.0
+    for p in pts:
+        if p[2] > best:
+            front.append(p)
+            best = p[2]
+    ax.plot([p[1] for p in front], [100 * p[2] for p in front], "-", color="tab:gray", lw=1, zorder=1)
+    for name, ms, miou in pts:
+        on = any(f[0] == name for f in front)
+        ax.scatter([ms], [100 * miou], color="tab:red" if on else "tab:blue", zorder=2)
+        ax.annotate(name, (ms, 100 * miou), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title("zoo: accuracy against latency (red: Pareto front)")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

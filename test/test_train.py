@@ -149,9 +149,9 @@ def test_distillation_loss_ignores_void_pixels_and_is_zero_for_equal_logits():
     assert float(distillation_loss(student, student.clone(), target, 2.0)) == pytest.approx(0.0, abs=1e-6)
     teacher = torch.randn(2, 11, 4, 5)
     void = target.clone()
-    void[0] = 11  # the first image is unlabelled: only the second counts
+    void[0] = 255  # the first image is unlabelled (void): only the second counts
     assert float(distillation_loss(student, teacher, void)) == pytest.approx(float(distillation_loss(student[1:], teacher[1:], target[1:])), rel=1e-5)
-    assert float(distillation_loss(student, teacher, torch.full_like(target, 11))) == 0.0
+    assert float(distillation_loss(student, teacher, torch.full_like(target, 255))) == 0.0
 
 
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):

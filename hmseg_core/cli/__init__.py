@@ -3,7 +3,8 @@
 The command groups live in their own modules and are registered here explicitly:
 
 * :mod:`.core`    ``models``, ``genotype``, ``train``, ``eval``, ``demo``
-* :mod:`.drive`   ``bag make|info``, ``zoo measure``
+* :mod:`.drive`   ``bag make|info``
+* :mod:`.zoo`     ``zoo build|status|publish|measure`` (the zoo pipeline, :mod:`hmseg_core.pipeline`)
 * :mod:`.search`  ``lut build|check|recalibrate``, ``search``
 * :mod:`.deploy`  ``export``, ``bench``, ``profile``, ``agree``
 * :mod:`.args`    the argument types they share (``HxW`` sizes, ratio lists)
@@ -20,7 +21,7 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from . import core, deploy, drive, search
+from . import core, deploy, drive, search, zoo
 
 Register = Callable[[argparse._SubParsersAction], None]
 
@@ -28,7 +29,7 @@ Register = Callable[[argparse._SubParsersAction], None]
 COMMANDS_GROUP = "hmseg_core.commands"
 
 #: the command groups of the core, in the order ``--help`` lists them
-GROUPS: List[Register] = [core.register, drive.register, search.register, deploy.register]
+GROUPS: List[Register] = [core.register, drive.register, zoo.register, search.register, deploy.register]
 
 
 def extension_entry_points(group: str = COMMANDS_GROUP) -> list:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -19,13 +19,21 @@ class ZooError(ValueError):
     """A model zoo index is missing or malformed; the message names the file and entry."""
 
 
+#: the keys every index entry has; any others are kept in :attr:`Variant.extra`
+ENTRY_KEYS = ("name", "checkpoint", "miou")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One deployable model: a checkpoint and its validation mIoU (0..1), the accuracy to rank by."""
+    """One deployable model: a checkpoint and its validation mIoU (0..1), the accuracy to rank by.
+
+    ``extra``: what else the index says about it (a built zoo records genotype, params, MACs and
+    measured latencies), read and written back unchanged; it takes no part in equality."""
 
     name: str
     checkpoint: Path
     miou: float
+    extra: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def default_zoo_path() -> Path:
@@ -42,7 +50,9 @@ class ModelZoo:
 
         variants:
           - {name: hmseg, checkpoint: hmseg.pt, miou: 0.743}
-          - {name: hmseg_tiny, checkpoint: packages/hmseg_tiny, miou: 0.714}
+          - {name: hmseg_tiny, checkpoint: packages/hmseg_tiny, miou: 0.714, genotype: "...", latency_ms: 9.7}
+
+    Keys beyond ``name``, ``checkpoint`` and ``miou`` are kept as they are (:attr:`Variant.extra`).
     """
 
     variants: List[Variant]
@@ -82,7 +92,8 @@ class ModelZoo:
             ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
             if not (ckpt.is_file() or is_package(ckpt)):
                 raise ZooError(f"{path}: variant {entry['name']!r}: {ckpt} is neither a checkpoint file nor a model package")
-            variants.append(Variant(str(entry["name"]), ckpt, miou))
+            extra = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+            variants.append(Variant(str(entry["name"]), ckpt, miou, extra))
         return cls(variants, path)
 
     @classmethod
@@ -94,7 +105,8 @@ class ModelZoo:
             miou = load_checkpoint(checkpoint).get("best_miou")
         return cls([Variant(Path(checkpoint).stem, Path(checkpoint), max(0.0, float(miou or 0.0)))])
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, comment: str = "") -> Path:
+        """The index at ``path`` (atomically), checkpoint paths relative to it; ``comment`` as a first ``#`` line."""
         path = Path(path)
         rows = []
         for v in self.variants:
@@ -102,8 +114,9 @@ class ModelZoo:
                 ckpt = os.path.relpath(v.checkpoint, path.parent)
             except ValueError:  # another drive on Windows
                 ckpt = str(v.checkpoint)
-            rows.append({"name": v.name, "checkpoint": ckpt, "miou": v.miou})
-        return atomic_write_text(path, yaml.safe_dump({"variants": rows}, sort_keys=False))
+            rows.append({"name": v.name, "checkpoint": ckpt, "miou": v.miou, **{k: x for k, x in v.extra.items() if k not in ENTRY_KEYS}})
+        header = "".join(f"# {line}\n" for line in comment.splitlines())
+        return atomic_write_text(path, header + yaml.safe_dump({"variants": rows}, sort_keys=False))
 
     def get(self, name: str) -> Variant:
         for v in self.variants:
@@ -123,4 +136,4 @@ class ModelZoo:
         return names or []
 
 
-__all__ = ["ModelZoo", "Variant", "ZooError", "default_zoo_path"]
+__all__ = ["ENTRY_KEYS", "ModelZoo", "Variant", "ZooError", "default_zoo_path"]

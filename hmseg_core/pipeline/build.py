@@ -1,0 +1,338 @@
+"""The zoo build: the plan of steps, the state of each, and the loop that runs what is not done.
+
+A step is a stage and an item (a budget, a variant, or nothing). Its **inputs** are what the config
+asks for now, resolved (the recipe with the variant's model, the digests of what upstream stages
+produced); its state is
+
+* ``done``: a marker with these inputs exists, the step is skipped;
+* ``stale``: a marker exists but its inputs differ, or a run folder left by an earlier (killed or
+  adopted) run was started with other settings: the differing keys are reported. A costly stage
+  (lut, search, train) stops the build there (``--redo stage:item`` sets the old run aside); a
+  cheap one runs again;
+* ``partial``: a training or search run folder with a ``last.pt`` and the same settings: resumed;
+* ``ready``: nothing there yet; ``waiting``: an upstream step is not done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+from ..config import TrainConfig
+from ..io import digest_json
+from ..search.config import SearchConfig
+from . import COSTLY, STAGES
+from . import steps as work
+from .config import ZooConfig
+from .markers import changes, marker_path, read_marker, write_marker
+
+Log = Callable[[str], None]
+
+#: settings that say where a run lives, not what it computes (a moved folder keeps its results)
+WHERE = ("out_dir", "teacher", "lut")
+
+
+#: how an upstream step that is not done is described to the steps that need it
+UNFINISHED = {"ready": "not run yet", "partial": "in progress", "stale": "stale", "waiting": "waiting"}
+
+
+def _stderr(msg: str) -> None:
+    print(f"zoo: {msg}", file=sys.stderr, flush=True)
+
+
+class Waiting(Exception):
+    """An upstream step is not done; the message names it."""
+
+
+class BuildError(ValueError):
+    """The build cannot go on as configured (a costly stage's inputs changed); the message says what to do."""
+
+
+@dataclass
+class StepState:
+    stage: str
+    item: str
+    state: str  # done | stale | partial | ready | waiting
+    detail: str = ""
+    inputs: Optional[Dict[str, Any]] = None
+    marker: Optional[Dict[str, Any]] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} {self.item}".strip()
+
+
+def select_stages(only: Optional[Sequence[str]] = None, until: Optional[str] = None) -> List[str]:
+    """The stages ``--only`` and ``--until`` leave (all by default), in build order."""
+    unknown = [s for s in list(only or []) + ([until] if until else []) if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    chosen = list(STAGES[: STAGES.index(until) + 1] if until else STAGES)
+    return [s for s in chosen if not only or s in only]
+
+
+class ZooBuild:
+    """The steps of one zoo config over one run folder (nothing is written until :meth:`build` runs a step)."""
+
+    def __init__(self, cfg: ZooConfig, runs: Path, log: Log = _stderr) -> None:
+        self.cfg, self.runs, self.log = cfg, Path(runs), log
+        self._states: Dict[Tuple[str, str], StepState] = {}
+
+    # ------------------------------------------------------------------ the plan
+    def steps(self) -> List[Tuple[str, str]]:
+        cfg = self.cfg
+        plan: List[Tuple[str, str]] = [("lut", "")] + [("search", b) for b in cfg.budget_labels()]
+        for stage in ("train", "eval", "export"):
+            plan += [(stage, v) for v in cfg.variants()]
+        return plan + [("measure", ""), ("index", "")]
+
+    def folder(self, stage: str, item: str = "") -> Optional[Path]:
+        """Where a step writes (``None``: only its marker and the run folder's top level)."""
+        return {"lut": self.runs / "lut", "search": self.runs / "search" / item, "train": self.runs / "train" / item,
+                "eval": self.runs / "train" / item, "export": self.runs / "packages" / item}.get(stage)
+
+    def data_root(self) -> str:
+        return str(Path(self.cfg.data_root).expanduser().resolve()) if self.cfg.data_root else ""
+
+    def result(self, stage: str, item: str = "") -> Dict[str, Any]:
+        """An upstream step's result; :class:`Waiting` unless it is done with the inputs asked for now."""
+        st = self.state(stage, item)
+        if st.state != "done":
+            raise Waiting(f"{st.label} ({UNFINISHED[st.state]})")
+        return st.marker["result"]
+
+    # ------------------------------------------------------------------ planned configs
+    def search_config(self, label: str) -> SearchConfig:
+        lut = self.result("lut")
+        budget = next(b for b in self.cfg.search.budgets if self.cfg.budget_label(b) == label)
+        return dataclasses.replace(
+            self.cfg.search_recipe(), base=self.cfg.lut.base, metric="latency_ms", lut=str(self.runs / lut["table"]),
+            target=budget * lut["base_measured_ms"], out_dir=str(self.folder("search", label)), data_root=self.data_root(),
+        ).validate()
+
+    def train_config(self, variant: str) -> TrainConfig:
+        from ..train import pin_teacher
+
+        cfg = self.cfg
+        budget = cfg.searched(variant)
+        model = self.result("search", budget)["genotype"] if budget else variant
+        teacher = ""
+        if cfg.train.teacher and variant != cfg.train.teacher:
+            teacher = str(self.runs / self.result("train", cfg.train.teacher)["checkpoint"])
+        planned = dataclasses.replace(cfg.train_recipe(), model=model, out_dir=str(self.folder("train", variant)),
+                                      data_root=self.data_root(), teacher=teacher, teacher_digest="")
+        return pin_teacher(planned.validate())
+
+    def eval_data(self, variant: str) -> Path:
+        """The data the variant is evaluated on: the data set, or the synthetic set its training generated."""
+        return Path(self.data_root()) if self.cfg.data_root else self.folder("train", variant) / "synthetic"
+
+    # ------------------------------------------------------------------ inputs
+    def inputs(self, stage: str, item: str) -> Dict[str, Any]:
+        """What a step computes from, as the config asks now (:class:`Waiting` if upstream is not done)."""
+        cfg = self.cfg
+        if stage == "lut":
+            from ..machine import cpu_model, usable_cores
+
+            return {"lut": dataclasses.asdict(cfg.lut), "machine": {"cpu": cpu_model(), "cores": usable_cores()}}
+        if stage == "search":
+            return {"search": _settings(self.search_config(item).to_dict()), "lut_sha256": self.result("lut")["sha256"]}
+        if stage == "train":
+            return {"train": _settings(self.train_config(item).to_dict())}
+        if stage == "eval":
+            recipe = cfg.train_recipe()
+            return {"checkpoint_sha256": self.result("train", item)["sha256"], "split": recipe.val_split,
+                    "layout": recipe.layout, "data": self.data_root() or "synthetic"}
+        if stage == "export":
+            return {"checkpoint_sha256": self.result("train", item)["sha256"], "export": dataclasses.asdict(cfg.export)}
+        if stage == "measure":
+            from ..machine import cpu_model, usable_cores
+
+            return {"packages": {v: self.result("export", v)["metadata_sha256"] for v in cfg.variants()},
+                    "measure": dataclasses.asdict(cfg.measure), "machine": {"cpu": cpu_model(), "cores": usable_cores()}}
+        if stage == "index":
+            return {"measure": digest_json(self.result("measure")), "eval": {v: self.result("eval", v)["miou"] for v in cfg.variants()},
+                    "packages": {v: self.result("export", v)["metadata_sha256"] for v in cfg.variants()}}
+        raise ValueError(f"unknown stage {stage!r}")
+
+    # ------------------------------------------------------------------ state
+    def state(self, stage: str, item: str = "") -> StepState:
+        key = (stage, item)
+        if key not in self._states:
+            self._states[key] = self._state(stage, item)
+        return self._states[key]
+
+    def _state(self, stage: str, item: str) -> StepState:
+        try:
+            inputs = self.inputs(stage, item)
+        except Waiting as w:
+            return StepState(stage, item, "waiting", f"needs {w}")
+        marker = read_marker(marker_path(self.runs, stage, item))
+        if marker is not None:
+            diff = changes(marker["inputs"], inputs)
+            if not diff:
+                return StepState(stage, item, "done", f"finished {marker['finished']}", inputs, marker)
+            return StepState(stage, item, "stale", "inputs changed: " + ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""),
+                             inputs, marker)
+        folder = self.folder(stage, item)
+        if stage in ("search", "train") and (folder / "last.pt").exists():
+            diff = self._folder_changes(stage, folder, inputs)
+            if diff:
+                return StepState(stage, item, "stale", f"{folder} was started with other settings: " + ", ".join(diff[:6]), inputs)
+            return StepState(stage, item, "partial", f"resumes {folder / 'last.pt'}", inputs)
+        return StepState(stage, item, "ready", "", inputs)
+
+    def _folder_changes(self, stage: str, folder: Path, inputs: Dict[str, Any]) -> List[str]:
+        """Keys in which the settings a run folder was started with (its ``config.yaml``) differ from the plan;
+        keys the folder's config predates count with their defaults (a run adopted from before they existed)."""
+        path = folder / "config.yaml"
+        try:
+            recorded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return [f"{path} (unreadable)"]
+        defaults = (TrainConfig() if stage == "train" else SearchConfig()).to_dict()
+        settings = _settings({**defaults, **recorded})
+        return [f"{stage}.{k}" for k in changes(settings, inputs[stage])]
+
+    # ------------------------------------------------------------------ running
+    def run_step(self, stage: str, item: str) -> Dict[str, Any]:
+        """Do one step's work (its inputs must be ready) and return its result."""
+        cfg, runs = self.cfg, self.runs
+        if stage == "lut":
+            return work.build_lut(cfg.lut, self.folder("lut"), runs)
+        if stage == "search":
+            return work.run_search(self.search_config(item), cfg.lut.threads, runs)
+        if stage == "train":
+            return work.run_train(self.train_config(item), runs)
+        if stage == "eval":
+            ckpt = runs / self.result("train", item)["checkpoint"]
+            return work.run_eval(ckpt, self.eval_data(item), cfg.train_recipe(), self.folder("eval", item) / "val.json", runs)
+        if stage == "export":
+            ckpt = runs / self.result("train", item)["checkpoint"]
+            return work.run_export(ckpt, self.folder("export", item), cfg.export, item, runs, self.log)
+        if stage == "measure":
+            packages = {v: runs / self.result("export", v)["package"] for v in cfg.variants()}
+            return work.run_measure(packages, cfg.measure, self.log)
+        if stage == "index":
+            return work.write_index(runs, self.index_rows(), self.pareto_backend())
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def pareto_backend(self) -> str:
+        return self.cfg.measure.pareto or self.cfg.measure.backends[0]
+
+    def index_rows(self) -> List[Dict[str, Any]]:
+        """One zoo index entry per variant: package, val mIoU, and what the build knows about it."""
+        cfg, runs = self.cfg, self.runs
+        measured = self.result("measure")
+        latency, machine = measured["latency"], f"{measured['machine']['cpu']}, {measured['threads']} threads"
+        rows = []
+        for v in cfg.variants():
+            trained, package = self.result("train", v), self.result("export", v)
+            params, macs = work.network_costs(runs / trained["checkpoint"], package["input_size"])
+            lat = latency.get(v, {})
+            main = lat.get(self.pareto_backend(), {}).get("total_p95_ms")
+            budget = cfg.searched(v)
+            rows.append({
+                "name": v, "package": package["package"], "miou": self.result("eval", v)["miou"],
+                "genotype": trained["genotype"], "params": params, "macs": macs, "input_size": package["input_size"],
+                "latency_ms": main, "latency": {b: latency_entry(s) for b, s in lat.items()}, "measured_on": machine,
+                "source": f"search at {budget} of {cfg.lut.base} ({self.result('search', budget)['target_ms']:.2f} ms)" if budget else "baseline",
+                "distilled_from": cfg.train.teacher if cfg.train.teacher and v != cfg.train.teacher else None,
+                "checkpoint_pt": trained["checkpoint"],
+            })
+        return rows
+
+    def set_aside(self, stage: str, item: str) -> None:
+        """``--redo``: the step's marker removed and, for a costly stage, its folder renamed ``<folder>.stale-<time>``."""
+        marker = marker_path(self.runs, stage, item)
+        folder = self.folder(stage, item)
+        if stage in COSTLY and folder is not None and folder.exists():
+            aside = folder.with_name(f"{folder.name}.stale-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+            folder.rename(aside)
+            self.log(f"set aside {folder} -> {aside.name}")
+        if marker.exists():
+            marker.unlink()
+        self._states.clear()
+
+    def lock(self):
+        """An exclusive lock on the run folder (``<runs>/build.lock``) for this process's lifetime: two builds
+        in one folder would train the same variant twice over one ``last.pt``."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        f = open(self.runs / "build.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise BuildError(f"{self.runs}: another zoo build runs in this folder (pid {f.read().strip() or '?'})") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
+    def build(self, stages: Sequence[str] = STAGES, dry_run: bool = False, redo: Iterable[str] = ()) -> List[StepState]:
+        """Run every step of ``stages`` that is not done, in order; returns the states it found."""
+        lock = None if dry_run else self.lock()
+        try:
+            return self._build(stages, dry_run, set(redo))
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _build(self, stages: Sequence[str], dry_run: bool, redo: set) -> List[StepState]:
+        seen = []
+        for stage, item in self.steps():
+            if stage not in stages:
+                continue
+            if not dry_run and (stage in redo or f"{stage}:{item}" in redo):
+                self.set_aside(stage, item)
+            st = self.state(stage, item)
+            seen.append(st)
+            if st.state == "done":
+                self.log(f"skip {st.label}: done ({st.detail})")
+                continue
+            if st.state == "waiting":
+                self.log(f"wait {st.label}: {st.detail}")
+                continue
+            if st.state == "stale" and stage in COSTLY:
+                message = (f"{st.label}: {st.detail}; restore the config, or pass --redo {stage}:{item or stage} "
+                           f"to set the old run aside and start it again")
+                if dry_run:
+                    self.log(f"stop {message}")
+                    continue
+                raise BuildError(message)
+            verb = {"partial": "resume", "stale": "redo"}.get(st.state, "run")
+            self.log(f"{'would ' if dry_run else ''}{verb} {st.label}{': ' + st.detail if st.detail else ''}")
+            if dry_run:
+                continue
+            t0 = time.time()
+            result = self.run_step(stage, item)
+            write_marker(marker_path(self.runs, stage, item), stage, item, st.inputs, result, time.time() - t0)
+            self._states.clear()  # downstream inputs may read this result now
+        return seen
+
+
+def latency_entry(stats: Dict[str, float]) -> Dict[str, float]:
+    """A bench row as an index entry keeps it: end to end (image in, labels out) and the network alone, ms."""
+    return {"p50_ms": stats["total_median_ms"], "p95_ms": stats["total_p95_ms"],
+            "network_p50_ms": stats["median_ms"], "network_p95_ms": stats["p95_ms"]}
+
+
+def _settings(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A resolved training or search config as step inputs: without where it lives (:data:`WHERE`), the
+    data root resolved."""
+    out = {k: v for k, v in d.items() if k not in WHERE}
+    if out.get("data_root"):
+        out["data_root"] = str(Path(out["data_root"]).expanduser().resolve())
+    return out
+
+
+__all__ = ["BuildError", "StepState", "Waiting", "ZooBuild", "latency_entry", "select_stages"]

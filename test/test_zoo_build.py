@@ -1,0 +1,245 @@
+"""The zoo pipeline end to end on generated scenes: build, skip when done, resume after kill -9,
+status of a partial build, stale inputs, bad configs, publish."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import subprocess_env
+
+from hmseg_core.checkpoint import load_checkpoint
+from hmseg_core.cli import main as cli_main
+from hmseg_core.config import ConfigError
+from hmseg_core.pipeline.build import BuildError, ZooBuild
+from hmseg_core.pipeline.config import load_zoo_config, runs_dir
+from hmseg_core.pipeline.markers import marker_path
+from hmseg_core.runtime.zoo import ModelZoo
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_STEPS = 2 * 4  # 2 epochs of 8 generated images in batches of 2
+
+TINY = {
+    "name": "tiny",
+    "lut": {"base": "mrms_tiny", "classes": 11, "input_size": [48, 64], "threads": 1, "warmup": 0, "repeats": 1,
+            "passes": 1, "calibrate": 0},
+    "search": {"config": str(ROOT / "config" / "search_camvid.yaml"), "budgets": [0.8, 1.2],
+               "overrides": {"crop": [48, 64], "scale": [0.75, 1.25], "synthetic_train": 8, "batch_size": 2, "epochs": 1,
+                             "warmup_epochs": 0, "threads": 1, "checkpoint_every": 1, "num_workers": 0}},
+    "train": {"config": str(ROOT / "config" / "train_camvid.yaml"), "baselines": ["mrms", "mrms_tiny"], "teacher": "mrms",
+              "overrides": {"crop": [48, 64], "scale": [0.75, 1.25], "batch_size": 2, "epochs": 2, "lr": 0.02, "warmup_steps": 0,
+                            "synthetic_train": 8, "synthetic_val": 2, "num_workers": 0, "threads": 1, "eval_every": 1,
+                            "checkpoint_every": 1, "distill_weight": 0.5}},
+    "export": {"input_size": [48, 64], "onnx": False},
+    "measure": {"backends": ["torch"], "runs": 3, "warmup": 1, "block": 3, "threads": 1},
+}
+
+
+def _config(tmp: Path, **changes) -> Path:
+    doc = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        doc[section][name] = value
+    path = tmp / "zoo_tiny.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _build(config: Path, runs: Path, lines: list) -> ZooBuild:
+    return ZooBuild(load_zoo_config(config), runs, log=lines.append)
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A whole tiny build (``done``), and a copy of it taken after its search stage (``after_search``)."""
+    tmp = tmp_path_factory.mktemp("zoo")
+    config = _config(tmp)
+    done, lines = tmp / "done", []
+    _build(config, done, lines).build(("lut", "search"))
+    after_search = tmp / "after_search"
+    shutil.copytree(done, after_search)
+    _build(config, done, lines).build()
+    return config, done, after_search, lines
+
+
+def test_build_end_to_end_writes_a_loadable_zoo(built):
+    config, runs, _, lines = built
+    zoo = ModelZoo.load(runs / "zoo.yaml")
+    names = [v.name for v in zoo.variants]
+    assert names == ["mrms", "mrms_tiny", "search_0.8x", "search_1.2x"]  # the teacher trains first
+    for v in zoo.variants:
+        assert 0 <= v.miou <= 1 and v.checkpoint == runs / "packages" / v.name
+        assert v.extra["params"] > 0 and v.extra["macs"] > 0 and v.extra["latency_ms"] > 0 and "torch" in v.extra["latency"]
+        assert "=" in v.extra["genotype"]
+        assert v.extra["distilled_from"] == (None if v.name == "mrms" else "mrms")
+    assert zoo.class_names()[0] == "sky"
+    for b in ("0.8x", "1.2x"):
+        genotype = (runs / "search" / b / "genotype_budget.txt").read_text().strip()
+        assert zoo.get(f"search_{b}").extra["genotype"] == genotype
+    for v in names:
+        folder = runs / "train" / v
+        assert all((folder / f).is_file() for f in ("last.pt", "best.pt", "log.jsonl", "config.yaml", "curves.png", "val.json"))
+    assert (runs / "pareto.png").is_file() and (runs / "lut" / "table.json").is_file()
+    # distilled students log the KD term and record the teacher they learnt from
+    student = load_checkpoint(runs / "train" / "mrms_tiny" / "last.pt")["config"]
+    assert student["teacher_digest"] and Path(student["teacher"]) == (runs / "train" / "mrms" / "best.pt").resolve()
+    assert all("kd" in json.loads(l) for l in (runs / "train" / "mrms_tiny" / "log.jsonl").read_text().splitlines() if '"loss"' in l)
+    assert any(l.startswith("run train search_0.8x") for l in lines)
+
+
+def test_a_finished_build_skips_every_stage(built, capsys):
+    config, runs, _, _ = built
+    markers = sorted((runs / "stages").glob("*.json"))
+    assert len(markers) == 1 + 2 + 4 * 3 + 2
+    before = {m: m.stat().st_mtime_ns for m in markers}
+    rc = cli_main(["zoo", "build", "--config", str(config), "--runs", str(runs)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert err.count("zoo: skip ") == len(markers) and "zoo: run " not in err
+    assert {m: m.stat().st_mtime_ns for m in markers} == before
+
+
+def test_killed_build_resumes_and_equals_the_uninterrupted_one(built, tmp_path):
+    config, reference, runs, _ = built
+    args = [sys.executable, "-m", "hmseg_core.cli", "zoo", "build", "--config", str(config), "--runs", str(runs)]
+    with open(tmp_path / "build.err", "wb") as err:  # a file, not a pipe: the progress bars must never block it
+        proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=err)
+    log = runs / "train" / "mrms_tiny" / "log.jsonl"  # the second variant: the kill lands after a finished stage
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the build exited early: {(tmp_path / 'build.err').read_text()[-3000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(runs / "train" / "mrms_tiny" / "last.pt")["step"]
+    assert 0 < killed_at < TRAIN_STEPS and not marker_path(runs, "train", "mrms_tiny").exists()
+
+    # status of the partial build: what is done, what runs, how far
+    rc = cli_main(["zoo", "status", "--config", str(config), "--runs", str(runs), "--json", "--plots", str(tmp_path / "plots")])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["mrms_curves.png", "mrms_tiny_curves.png"]
+    partial = ZooBuild(load_zoo_config(config), runs, log=lambda s: None)
+    from hmseg_core.pipeline.status import format_status, status
+
+    rows = {(r["stage"], r["item"]): r for r in status(partial)}
+    assert rows[("lut", "")]["state"] == "done" and rows[("search", "0.8x")]["state"] == "done"
+    assert rows[("train", "mrms")]["state"] == "done" and rows[("train", "mrms")]["epochs_done"] == 2
+    tiny = rows[("train", "mrms_tiny")]
+    assert tiny["state"] == "partial" and tiny["step"] == killed_at and tiny["total_steps"] == TRAIN_STEPS
+    assert tiny["epochs_total"] == 2 and tiny["epochs_done"] == killed_at / 4 and tiny["s_per_step"] > 0 and tiny["eta_s"] > 0
+    assert rows[("train", "search_0.8x")]["state"] == "ready" and rows[("eval", "mrms_tiny")]["state"] == "waiting"
+    assert rows[("index", "")]["state"] == "waiting"
+    table = format_status(partial, list(rows.values()))
+    assert "| train | mrms_tiny | partial |" in table and f"({killed_at}/{TRAIN_STEPS} steps)" in table
+
+    lines = []
+    _build(config, runs, lines).build()
+    assert any(l.startswith("resume train mrms_tiny") for l in lines) and any(l.startswith("skip train mrms") for l in lines)
+    ref, res = ModelZoo.load(reference / "zoo.yaml"), ModelZoo.load(runs / "zoo.yaml")
+    for a, b in zip(ref.variants, res.variants):
+        assert (a.name, a.miou, a.extra["genotype"], a.extra["params"]) == (b.name, b.miou, b.extra["genotype"], b.extra["params"])
+        wa, wb = _weights(reference / "train" / a.name / "last.pt"), _weights(runs / "train" / b.name / "last.pt")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{a.name} differs after the resumed build"
+    steps = [json.loads(l)["step"] for l in log.read_text().splitlines() if '"loss"' in l]
+    assert steps == list(range(1, TRAIN_STEPS + 1))
+
+
+def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
+    config, reference, _, _ = built
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs)
+    edited = _config(tmp_path, **{"train.overrides": {**TINY["train"]["overrides"], "epochs": 3}})
+    lines = []
+    with pytest.raises(BuildError, match=r"train mrms: inputs changed: train\.epochs.*--redo train:mrms"):
+        _build(edited, runs, lines).build()
+    rc = cli_main(["zoo", "build", "--config", str(edited), "--runs", str(runs), "--dry-run"])
+    assert rc == 0 and "stop train mrms: inputs changed: train.epochs" in capsys.readouterr().err
+    # a cheap stage whose input changed runs again on its own
+    marker = marker_path(runs, "measure")
+    doc = json.loads(marker.read_text())
+    doc["inputs"]["measure"]["runs"] = 99
+    marker.write_text(json.dumps(doc))
+    lines = []
+    _build(config, runs, lines).build(("measure",))
+    assert lines[0] == "redo measure: inputs changed: measure.runs"
+
+
+def test_bad_config_is_one_error_line_naming_file_and_key(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    cases = {
+        "train.overrides": ({**TINY["train"]["overrides"], "epochz": 1}, "train.overrides: unknown key 'epochz'"),
+        "search.budgets": ([], "search.budgets: must be one or more multiples > 0"),
+        "measure.backends": (["onnxruntime"], "measure.backends: onnxruntime runs the ONNX export"),
+        "train.teacher": ("resnet", "train.teacher: must be empty or one of train.baselines"),
+        "lut.threads": ("two", "lut.threads: 'two' is not a valid int"),
+        "lut.treads": (2, "lut.treads: unknown key"),
+    }
+    for key, (value, message) in cases.items():
+        config = _config(tmp_path, **{key: value})
+        assert cli_main(["zoo", "build", "--config", str(config), "--runs", str(runs)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"hmseg-core zoo: error: {config}: {message}"), err
+        assert not runs.exists()
+    with pytest.raises(ConfigError, match="zoo config file not found"):
+        load_zoo_config(tmp_path / "missing.yaml")
+
+
+def test_runs_folder_flag_then_environment_then_cache(tmp_path, monkeypatch):
+    cfg = load_zoo_config(_config(tmp_path))
+    monkeypatch.setenv("HMSEG_RUNS", str(tmp_path / "env"))
+    assert runs_dir(cfg, str(tmp_path / "flag")) == tmp_path / "flag" and runs_dir(cfg) == tmp_path / "env"
+    monkeypatch.delenv("HMSEG_RUNS")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert runs_dir(cfg) == tmp_path / "cache" / "hmseg" / "zoo" / "tiny"
+
+
+def test_shipped_zoo_config_adopts_the_baseline_recipe():
+    """config/zoo_camvid.yaml trains the baselines exactly as
+    ``hmseg-core train --config config/train_camvid.yaml -o model=mrms -o epochs=200 -o eval_every=10
+    -o channels_last=true -o precision=bf16`` does, so such a run folder resumes as the zoo's mrms."""
+    from hmseg_core.config import load_config
+
+    cfg = load_zoo_config(ROOT / "config" / "zoo_camvid.yaml", data_root="/data/camvid")
+    lead = load_config(str(ROOT / "config" / "train_camvid.yaml"),
+                       ["model=mrms", "epochs=200", "eval_every=10", "channels_last=true", "precision=bf16"], data_root="/data/camvid")
+    build = ZooBuild(cfg, Path("/nonexistent/runs"), log=lambda s: None)
+    planned = build.train_config("mrms").to_dict()
+    assert {k: v for k, v in planned.items() if k != "out_dir"} == {k: v for k, v in lead.to_dict().items() if k != "out_dir"}
+    assert cfg.variants() == ["mrms", "mrms_tiny", "search_0.5x", "search_1x", "search_1.5x"]
+
+
+def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
+    config, runs, _, _ = built
+    build = ZooBuild(load_zoo_config(config), runs, log=lambda s: None)
+    shipped = tmp_path / "zoo"
+    shipped.mkdir()
+    shutil.copy(ROOT / "hmseg_core" / "zoo" / "camvid_mrms_tiny.pt", shipped / "tiny_mrms_tiny.pt")
+    (shipped / "zoo.yaml").write_text("# shipped variants\nvariants:\n  - {name: mrms_tiny, checkpoint: tiny_mrms_tiny.pt, miou: 0.99}\n")
+    with pytest.raises(BuildError, match="--allow-synthetic"):
+        from hmseg_core.pipeline.publish import publish
+
+        publish(build, shipped, log=lambda s: None)
+    before = (shipped / "tiny_mrms_tiny.pt").read_bytes()
+    report = {r["variant"]: r["action"] for r in publish(build, shipped, allow_synthetic=True, log=lambda s: None)}
+    assert report == {"mrms": "published", "mrms_tiny": "kept shipped", "search_0.8x": "published", "search_1.2x": "published"}
+    assert (shipped / "tiny_mrms_tiny.pt").read_bytes() == before
+    zoo = ModelZoo.load(shipped / "zoo.yaml")
+    assert [v.name for v in zoo.variants] == ["mrms_tiny", "mrms", "search_0.8x", "search_1.2x"]
+    assert zoo.get("mrms_tiny").miou == 0.99 and (shipped / "zoo.yaml").read_text().startswith("# shipped variants\n")
+    slim = load_checkpoint(shipped / "tiny_mrms.pt")
+    assert "optimizer" not in slim and not any(k.startswith("boost.") for k in slim["model"])
+    assert zoo.get("mrms").extra["latency_ms"] > 0 and zoo.get("search_0.8x").extra["distilled_from"] == "mrms"
+    assert os.path.getsize(shipped / "tiny_mrms.pt") < os.path.getsize(runs / "train" / "mrms" / "best.pt")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from .data.datasets import DatasetSpec, SegmentationDataset, enet_class_weights
 from .data.synthetic import write_dataset
 from .data.transforms import EpochBatchSampler, TrainTransform, TrainView
 from .evaluate import evaluate
+from .io import stale_temporaries
 from .io import digest
 from .losses import SegLoss, distillation_loss
 from .model import HMSegNet, build_model
@@ -201,6 +203,11 @@ def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
         out.mkdir(parents=True, exist_ok=True)
         if last_path.exists() and not resume:
             raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+        if resume and not last_path.exists():
+            print(f"train: nothing to resume in {out} (no last.pt): starting a new run", file=sys.stderr)
+        # a process killed while writing a checkpoint (SIGKILL, power loss) leaves its temporary file behind
+        for stale in stale_temporaries(last_path) + stale_temporaries(out / "best.pt"):
+            stale.unlink()
     ctx.barrier()
 
     train_set, val_set = _datasets(cfg, ctx, out)

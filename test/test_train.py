@@ -92,6 +92,16 @@ def test_channels_last_bf16_training_learns_in_fp32_weights(tmp_path):
         tiny_config(tmp_path / "bad", precision="fp16").validate()
 
 
+def test_resume_says_when_there_is_nothing_to_resume_and_clears_stale_temporaries(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.pt.abc123.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"half a checkpoint")
+    summary = train(tiny_config(out, epochs=1), resume=True, progress=False)
+    assert summary["steps"] == 4 and "nothing to resume" in capsys.readouterr().err
+    assert not stale.exists() and (out / "last.pt").is_file()
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     total = 3 * 4
     reference = tmp_path / "reference"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .metrics import ConfusionMatrix, format_table
+from .runtime.stream import stage_table
 
 
 @dataclass
@@ -111,6 +112,8 @@ def markdown_report(rep: Dict, title: str = "Replay evaluation") -> str:
         lines.append(f"- offline mIoU on the same frames: {100 * rep['offline_miou']:.2f} % (equal: {rep['matches_offline']})")
     if lat:
         lines.append(f"- latency stamp -> prediction: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms")
+    if rep.get("stages_ms"):
+        lines += ["", "Per-stage time in the segment node (p50/p95 over the run):", "", stage_table(rep["stages_ms"])]
     if rep.get("plot"):
         lines += ["", f"![latency and running mIoU]({Path(rep['plot']).name})"]
     lines += ["", format_table(rep) if rep["frames_evaluated"] else "", ""]

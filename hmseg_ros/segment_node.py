@@ -14,14 +14,18 @@ publishes, with the input's header:
   convention for mono8 class maps), once, transient-local (when vision_msgs is installed),
 * ``~/classes`` class names and palette, JSON in ``std_msgs/String``, once, transient-local,
 * ``~/variant`` the selected variant and the candidates, JSON, transient-local, on each choice,
-* ``/diagnostics`` latency p50/p95, FPS, dropped and bad frames, selected variant.
+* ``/diagnostics`` latency p50/p95, FPS, dropped and bad frames, selected variant, and p50/p95
+  of every stage of a frame (``stage_<name>_p50_ms``, ``stage_<name>_p95_ms``; see :meth:`SegmentNode._process`).
 
 Topic names are relative (``camera/image_raw``) or private (``~/labels``), so a ``namespace``
 (``ros2 launch hmseg_ros segment.launch.py namespace:=front``) runs one node per camera.
 
 At start every variant of the model zoo is timed on this machine (cached per device
-fingerprint) and the most accurate one whose p95 fits ``latency_budget_ms`` runs;
-setting that parameter at run time selects again and swaps the model without a restart.
+fingerprint), the node's own per-frame work besides the network (decode, colour, message
+conversion; ``overhead_iterations`` runs on a synthetic frame of the expected size, not cached:
+it is cheap) is timed and added to each variant's latency, and the most accurate one whose p95
+then fits ``latency_budget_ms`` runs; setting that parameter at run time selects again and swaps
+the model without a restart.
 
 Only the newest frame is kept: inference runs on a worker thread, and a frame that arrives
 while another is still waiting replaces it (counted as dropped), so a slow model never
@@ -40,7 +44,10 @@ import json
 import math
 import sys
 import threading
+import time
 from typing import Any, Dict, List, Optional
+
+import numpy as np
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.impl.implementation_singleton import rclpy_implementation
@@ -59,14 +66,19 @@ from hmseg_core.runtime import (
     ResizePolicy,
     Segmenter,
     Selection,
+    add_overhead,
     backend_names,
     default_zoo_path,
     device_fingerprint,
+    measure_overhead,
     measure_zoo,
     overlay,
     select_variant,
 )
+from hmseg_core.data.synthetic import render_street
 from hmseg_core.runtime.backends import backend_class
+from hmseg_core.runtime.latency import LatencyStats
+from hmseg_core.runtime.transforms import palette_lut
 
 from .image_conv import ImageDecodeError, image_to_rgb, numpy_to_image
 from .node_main import run_node
@@ -89,6 +101,9 @@ UNLABELED = 255
 #: a bigger frame (a 12-24 MP still) is scaled down to this for the network, so it costs no more than
 #: a 4K frame (measured here, mrms_tiny on torch: 8.4 MP 1.7 GiB peak RSS; 24 MP unguarded 3.8 GiB, 26 s).
 MAX_INPUT_PIXELS = 4096 * 2160
+#: a header stamp further than this from the node's clock is not on it (a bag's own times, another
+#: machine's clock): no ``stamp_to_publish`` sample for that frame
+STAMP_ON_CLOCK_S = 60.0
 
 
 # name -> (default, descriptor). config/segment.yaml lists the same keys; a test checks it.
@@ -113,6 +128,7 @@ PARAMETERS = {
     "expected_height": (360, _desc("camera image height the variants are timed at (resize_policy native)", True, 16, 8192)),
     "expected_width": (480, _desc("camera image width the variants are timed at (resize_policy native)", True, 16, 8192)),
     "measure_iterations": (20, _desc("timed runs per variant when measuring latency", True, 1, 1000)),
+    "overhead_iterations": (10, _desc("timed runs of the node's own per-frame stages (decode, colour, message conversion) at start, added to every variant's latency before selecting; 0: rank by the network alone", True, 0, 1000)),
     "latency_cache": ("", _desc("latency cache file; empty: ~/.cache/hmseg/latency.json", True)),
     "publish_labels": (True, _desc("publish ~/labels")),
     "publish_color": (True, _desc("publish ~/color")),
@@ -153,6 +169,13 @@ class SegmentNode(Node):
         self.measurements: List[Measurement] = measure_zoo(
             self.zoo, size, self.backend, self.resize, self.device, cache, p["measure_iterations"], log=self.get_logger().info
         )
+        self.overhead: Optional[LatencyStats] = None
+        if p["overhead_iterations"] > 0:
+            self.overhead = measure_overhead(self._overhead_stages(size, len(class_names)), p["overhead_iterations"])
+            self.get_logger().info(
+                f"node overhead per {size[0]}x{size[1]} frame besides the network (decode + colour + message conversion): "
+                f"p50 {self.overhead.p50:.2f} ms, p95 {self.overhead.p95:.2f} ms; added to every variant's latency")
+            self.measurements = add_overhead(self.measurements, self.overhead)
         self.fingerprint = device_fingerprint(self.backend, self.device)
         self._selection = self._select(p["latency_budget_ms"])
         self.segmenter = self._load(self._selection)
@@ -188,6 +211,24 @@ class SegmentNode(Node):
         self.get_logger().info(f"segmenting {self.resolve_topic_name(p['input_topic'])} -> {self.pub_labels.topic_name} ({self.backend}, {self.resize})")
 
     # ------------------------------------------------------------------ model choice
+    @staticmethod
+    def _overhead_stages(size, num_classes: int):
+        """One frame's non-network work in this node, as a callable for :func:`measure_overhead`:
+        decode an rgb8 message of ``size`` (a synthetic street scene), colour its labels, convert
+        labels and colour into messages (what ``_process`` does besides segmenting and publishing)."""
+        rgb, labels = render_street(np.random.default_rng(0), int(size[0]), int(size[1]))
+        labels = np.ascontiguousarray(np.minimum(labels, num_classes - 1).astype(np.uint8))
+        msg = numpy_to_image(rgb, "rgb8")
+        lut = palette_lut([[i, 255 - i, (7 * i) % 256] for i in range(num_classes)])
+
+        def stages() -> None:
+            image_to_rgb(msg)
+            color = lut[labels]
+            numpy_to_image(labels, "mono8", msg.header)
+            numpy_to_image(color, "rgb8", msg.header)
+
+        return stages
+
     def _select(self, budget_ms: float) -> Selection:
         sel = select_variant(self.measurements, budget_ms)
         log = self.get_logger()
@@ -256,12 +297,27 @@ class SegmentNode(Node):
         else:
             self.get_logger().error(f"could not apply {stage}: {type(e).__name__}: {e}")
 
-    def _process(self, msg: Image) -> bool:
+    def _process(self, msg: Image) -> Optional[Dict[str, float]]:
+        """Segment one frame and publish its outputs; returns its stage timings in ms (the stream
+        adds ``wait`` and ``work``), or None when nothing was published:
+
+        * ``decode``: :func:`image_to_rgb` (checks, channel order);
+        * ``preprocess``, ``network``, ``postprocess``: :meth:`Segmenter.segment`'s :class:`Timings`
+          (a frame over ``max_input_pixels`` is shrunk in ``preprocess`` and its labels enlarged in
+          ``postprocess``; a whole-frame backend times all of it as ``network``); on a frame asked for
+          its confidence the postprocess (argmax + softmax) is reported as ``confidence`` instead;
+        * ``color``: palette lookup (when ``~/color`` or ``~/overlay`` is published); ``overlay``: the blend;
+        * ``publish``: message conversion and ``publish()`` of every output of the frame;
+        * ``stamp_to_publish``: header stamp -> after the last publish, on the node's clock (only
+          when the stamp is within :data:`STAMP_ON_CLOCK_S` of it, i.e. on this clock)."""
+        stages: Dict[str, float] = {}
+        t = time.perf_counter()
         try:
             rgb = image_to_rgb(msg)
         except ImageDecodeError as e:
             self._count_bad(e.kind, str(e))
-            return False
+            return None
+        stages["decode"] = 1e3 * (time.perf_counter() - t)
         h, w = rgb.shape[:2]
         if h * w > self.max_pixels:
             self.frames_downscaled += 1
@@ -271,31 +327,54 @@ class SegmentNode(Node):
                     "the network runs on them scaled down, labels are enlarged back to the frame's size; further ones are only counted")
         want_conf = self.get_parameter("publish_confidence").value and self.pub_confidence.get_subscription_count() > 0
         if want_conf:
-            labels, _, conf = self.segmenter.segment(rgb, confidence=True)
+            labels, timings, conf = self.segmenter.segment(rgb, confidence=True)
         else:
-            labels, _ = self.segmenter.segment(rgb)
+            labels, timings = self.segmenter.segment(rgb)
+        stages.update(preprocess=timings.preprocess, network=timings.inference)
+        stages["confidence" if want_conf else "postprocess"] = timings.postprocess
         if self._closing.is_set():
-            return False
+            return None
+        publish = 0.0
+
+        def send(pub, array: np.ndarray, encoding: str) -> None:
+            nonlocal publish
+            t = time.perf_counter()
+            pub.publish(numpy_to_image(array, encoding, msg.header))
+            publish += 1e3 * (time.perf_counter() - t)
+
         if want_conf:
-            self.pub_confidence.publish(numpy_to_image(conf, "mono8", msg.header))
+            send(self.pub_confidence, conf, "mono8")
         if self.get_parameter("publish_labels").value:
-            self.pub_labels.publish(numpy_to_image(labels, "mono8", msg.header))
+            send(self.pub_labels, labels, "mono8")
         want_color = self.get_parameter("publish_color").value
         want_overlay = self.get_parameter("publish_overlay").value and self.pub_overlay.get_subscription_count() > 0
         if want_color or want_overlay:
+            t = time.perf_counter()
             color = self.segmenter.colorize(labels)
+            stages["color"] = 1e3 * (time.perf_counter() - t)
             if want_color:
-                self.pub_color.publish(numpy_to_image(color, "rgb8", msg.header))
+                send(self.pub_color, color, "rgb8")
             if want_overlay:
                 alpha = self.get_parameter("overlay_alpha").value
-                self.pub_overlay.publish(numpy_to_image(overlay(rgb, color, alpha), "rgb8", msg.header))
-        return True
+                t = time.perf_counter()
+                blended = overlay(rgb, color, alpha)
+                stages["overlay"] = 1e3 * (time.perf_counter() - t)
+                send(self.pub_overlay, blended, "rgb8")
+        stages["publish"] = publish
+        age_ns = self.get_clock().now().nanoseconds - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        if 0 <= age_ns <= STAMP_ON_CLOCK_S * 1e9:
+            stages["stamp_to_publish"] = age_ns / 1e6
+        return stages
 
     # ------------------------------------------------------------------ diagnostics
-    def stats(self) -> Dict:
-        """Counters and latency over the last diagnostics window (what /diagnostics reports)."""
-        out = dataclasses.asdict(self.stream.stats(self.get_parameter("diagnostics_period_s").value))
+    def stats(self, latency_span_s: float = 5.0) -> Dict:
+        """Counters, latency and per-stage p50/p95 (``stages``: name -> ``{p50_ms, p95_ms, samples}``)
+        over the last ``latency_span_s`` seconds (at least the diagnostics period; at most the
+        stream's window of frames): what /diagnostics reports. ``overhead_ms``: the node overhead
+        added to the variants' latencies at start (None when not measured)."""
+        out = dataclasses.asdict(self.stream.stats(self.get_parameter("diagnostics_period_s").value, latency_span_s))
         out["variant"] = self._selection.variant.name
+        out["overhead_ms"] = None if self.overhead is None else {"p50": self.overhead.p50, "p95": self.overhead.p95}
         return out
 
     def _publish_diagnostics(self) -> None:
@@ -323,7 +402,11 @@ class SegmentNode(Node):
             "frames_downscaled": str(self.frames_downscaled),
             "bad_messages": str(sum(s["bad"].values())),
             **{f"bad_{k}": str(v) for k, v in sorted(s["bad"].items())},
+            "node_overhead_p95_ms": fmt(None if self.overhead is None else self.overhead.p95),
         }
+        for name, st in s["stages"].items():
+            values[f"stage_{name}_p50_ms"] = fmt(st["p50_ms"])
+            values[f"stage_{name}_p95_ms"] = fmt(st["p95_ms"])
         status = DiagnosticStatus(
             level=level, name=f"{self.get_fully_qualified_name().lstrip('/')}: segmentation", message=message, hardware_id=str(self.fingerprint["cpu"]),
             values=[KeyValue(key=k, value=v) for k, v in values.items()],

@@ -41,6 +41,12 @@ def test_replay_eval_equals_offline_eval(tmp_path, ckpt, camvid_fixture):
     assert written["miou"] == rep["miou"]
     assert (tmp_path / "report" / "replay_eval.png").stat().st_size > 0
     assert "mIoU" in (tmp_path / "report" / "replay_eval.md").read_text()
+    stages = rep["stages_ms"]  # the segment node's per-stage timings over the run
+    for name in ("wait", "decode", "preprocess", "network", "postprocess", "publish", "work", "stamp_to_publish"):
+        assert stages[name]["samples"] == 3 and stages[name]["p95_ms"] >= stages[name]["p50_ms"] >= 0, (name, stages)
+    assert written["stages_ms"] == stages and rep["segmenter"]["stages"] == stages
+    md = (tmp_path / "report" / "replay_eval.md").read_text()
+    assert "| stage | p50 ms | p95 ms | frames |" in md and "| network |" in md and "| stamp_to_publish |" in md
 
 
 def test_cli_default_drive_needs_no_dataset(tmp_path, ckpt, capsys):

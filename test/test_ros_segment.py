@@ -273,6 +273,56 @@ def test_diagnostics_report_the_backend_actually_running(ros):
         ros["probe"].destroy_subscription(sub)
 
 
+def test_per_stage_timings_in_stats_and_diagnostics(ros):
+    """Every processed frame leaves its stage timings; /diagnostics and stats() give p50/p95 of each,
+    and the node overhead measured at start (added to the variants' latencies) is reported."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    node, statuses = ros["node"], []
+    msg = numpy_to_image(frame(5), "rgb8")
+    for _ in range(3):
+        send_and_wait(ros, msg)
+    stages = node.stats()["stages"]
+    for name in ("wait", "decode", "preprocess", "network", "postprocess", "color", "publish", "work"):
+        assert name in stages and stages[name]["p95_ms"] >= stages[name]["p50_ms"] >= 0, (name, stages)
+    assert "stamp_to_publish" not in stages or stages["stamp_to_publish"]["samples"] < stages["work"]["samples"]  # stamps 1000 + n s: not this clock
+    assert stages["network"]["p50_ms"] > 0 and stages["work"]["p50_ms"] >= stages["network"]["p50_ms"]
+    assert node.overhead is not None and node.stats()["overhead_ms"]["p95"] == node.overhead.p95 > 0
+    assert node.selection.measurement.overhead == node.overhead
+    assert node.selection.measurement.latency.p95 == pytest.approx(50.0 + node.overhead.p95)  # the cache's 50 ms plus overhead
+
+    sub = ros["probe"].create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
+    try:
+        def values():
+            mine = [s for s in statuses if s.name == "hmseg_segment: segmentation"]
+            return {kv.key: kv.value for kv in mine[-1].values} if mine else {}
+
+        send_and_wait(ros, msg)
+        assert wait_for(lambda: "stage_network_p50_ms" in values(), 5.0), values()
+        v = values()
+        for name in ("wait", "decode", "network", "publish", "work"):
+            assert float(v[f"stage_{name}_p95_ms"]) >= float(v[f"stage_{name}_p50_ms"]) >= 0
+        assert float(v["node_overhead_p95_ms"]) > 0
+    finally:
+        ros["probe"].destroy_subscription(sub)
+
+
+def test_stamp_to_publish_is_timed_when_the_stamp_is_on_the_nodes_clock(ros):
+    node = ros["node"]
+    got = ros["out"]["labels"]
+    before = node.stats(latency_span_s=60.0)["stages"].get("stamp_to_publish", {}).get("samples", 0)
+    msg = numpy_to_image(frame(6), "rgb8")
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        msg.header.stamp = node.get_clock().now().to_msg()
+        n = len(got)
+        ros["pub"].publish(msg)
+        if wait_for(lambda: len(got) > n, 0.5):
+            break
+    st = node.stats(latency_span_s=60.0)["stages"]["stamp_to_publish"]
+    assert st["samples"] > before and 0 < st["p50_ms"] < 10_000
+
+
 def test_label_info_is_latched_vision_msgs_with_255_unlabeled(ros):
     vision_msgs = pytest.importorskip("vision_msgs.msg", reason="vision_msgs comes with a distro or ../shared/ros2-tooling")
     from hmseg_core.data.datasets import CAMVID

@@ -168,6 +168,33 @@ def test_select_rejects_nonfinite_budget():
         select_variant([m("a", 0.5, 1.0)], float("nan"))
 
 
+def test_node_overhead_is_measured_by_a_callable_and_added_before_selection():
+    """A variant whose network fits the budget but not with the node's own per-frame stages added
+    must not be chosen: the budget is what the node achieves."""
+    import time
+
+    from hmseg_core.runtime import add_overhead, measure_overhead
+
+    calls = []
+    overhead = measure_overhead(lambda: (calls.append(1), time.sleep(0.002)), iterations=4, warmup=1)
+    assert len(calls) == 5 and overhead.samples == 4 and overhead.p95 >= overhead.p50 >= 2.0
+
+    ms = [m("accurate", 0.75, 28.0), m("fast", 0.60, 12.0)]
+    assert select_variant(ms, 30.0).variant.name == "accurate"  # the network alone fits
+    fixed = LatencyStats(4.0, 5.0, 4.0, 10)
+    total = add_overhead(ms, fixed)
+    assert [t.latency.p95 for t in total] == [33.0, 17.0] and total[0].network == ms[0].latency
+    assert total[0].overhead == fixed and ms[0].overhead is None  # the inputs are left alone
+    sel = select_variant(total, 30.0)
+    assert sel.variant.name == "fast" and sel.fits
+    assert "node's own stages: p50 4.0 ms, p95 5.0 ms" in sel.describe() and "network p95 28.0 ms" in sel.describe()
+    d = sel.to_dict()
+    assert d["overhead_p95_ms"] == 5.0 and d["candidates"][0]["network_p95_ms"] == 28.0 and d["candidates"][0]["p95_ms"] == 33.0
+    assert add_overhead(ms, None) == ms
+    with pytest.raises(ValueError, match="already added"):
+        add_overhead(total, fixed)
+
+
 # ---------------------------------------------------------------------------- latency cache
 def test_latency_cache_keys_on_device_and_checkpoint(tmp_path, ckpt):
     cache = LatencyCache(tmp_path / "lat.json")

@@ -105,3 +105,60 @@ def test_close_stops_the_worker(streams):
     stream.close()
     assert not stream._thread.is_alive()
     stream.close()  # twice is harmless
+
+
+def test_stage_timings_from_process_and_the_streams_own_wait_and_work(streams):
+    release = threading.Event()
+
+    def process(frame):
+        if frame == "slow":
+            release.wait(5.0)
+        time.sleep(0.01)
+        return {"decode": 1.0 + frame if isinstance(frame, int) else 1.0, "network": 5.0}
+
+    stream = FrameStream(process).start()
+    streams(stream)
+    stream.submit("slow")
+    assert wait_for(lambda: stream._slot is None)  # the worker holds "slow"
+    stream.submit(0)  # waits in the mailbox until "slow" is done
+    time.sleep(0.05)
+    release.set()
+    assert wait_for(lambda: stream.processed == 2)
+    for i in (1, 2):
+        stream.submit(i)
+        assert wait_for(lambda: stream.processed == 2 + i)
+    s = stream.stats(latency_span_s=60.0)
+    assert list(s.stages) == ["wait", "decode", "network", "work"]  # reported in pipeline order
+    assert {n: st.samples for n, st in s.stages.items()} == {"wait": 4, "decode": 4, "network": 4, "work": 4}
+    assert s.stages["network"].p50_ms == s.stages["network"].p95_ms == 5.0
+    assert s.stages["decode"].p50_ms == pytest.approx(1.5) and s.stages["decode"].p95_ms >= 2.5
+    assert s.stages["work"].p50_ms >= 10.0  # the whole process call, timed by the stream
+    assert s.stages["wait"].p95_ms >= 40.0  # frame 0 waited while "slow" ran
+    assert s.latency_p95_ms >= s.stages["wait"].p95_ms
+
+
+def test_frames_without_output_leave_no_stage_sample_and_true_still_counts(streams):
+    results = iter([None, False, True, {"decode": 2.0}])
+    stream = FrameStream(lambda f: next(results)).start()
+    streams(stream)
+    for i in range(4):
+        stream.submit(i)
+        assert wait_for(lambda: stream._slot is None)
+        time.sleep(0.02)
+    assert wait_for(lambda: stream.processed == 2)
+    s = stream.stats(latency_span_s=60.0)
+    assert s.stages["wait"].samples == s.stages["work"].samples == 2 and s.stages["decode"].samples == 1
+    assert stream.stats(period_s=1.0).stages.keys() == s.stages.keys()
+
+
+def test_stage_table_and_summary_order():
+    from dataclasses import asdict
+
+    from hmseg_core.runtime.stream import stage_table, summarize_stages
+
+    stats = summarize_stages([{"zeta": 1.0, "network": 4.0, "wait": 2.0}, {"network": 6.0, "publish": 1.0}])
+    assert list(stats) == ["wait", "network", "publish", "zeta"]
+    assert stats["network"].p50_ms == 5.0 and stats["network"].samples == 2 and stats["publish"].samples == 1
+    table = stage_table({k: asdict(v) for k, v in stats.items()})
+    assert table.splitlines()[0] == "| stage | p50 ms | p95 ms | frames |"
+    assert "| network | 5.00 | 5.90 | 2 |" in table and len(table.splitlines()) == 6

@@ -18,11 +18,11 @@ from __future__ import annotations
 from ..checkpoint import CheckpointError
 from .backends import AUTO, BACKENDS, Backend, BackendUnavailable, backend_names, create_backend
 from .backends.torch_backend import TorchBackend
-from .budget import Measurement, Selection, measure_zoo, select_variant
+from .budget import Measurement, Selection, add_overhead, measure_overhead, measure_zoo, select_variant
 from .latency import LatencyCache, LatencyStats, device_fingerprint, measure_latency
 from .segmenter import AGREEMENT, BackendChoice, BackendTiming, Segmenter, candidate_backends, choose_backend
 from .source import ModelSource, file_digest, is_package, load_model
-from .stream import FrameStream, StreamStats
+from .stream import FrameStream, StageStats, StreamStats, stage_table
 from .transforms import ResizePolicy, Timings, overlay
 from .zoo import ModelZoo, Variant, ZooError, default_zoo_path
 
@@ -31,5 +31,5 @@ __all__ = [
     "Measurement", "ModelSource", "ModelZoo", "ResizePolicy", "Segmenter", "Selection", "StreamStats", "Timings",
     "TorchBackend", "Variant", "ZooError", "backend_names", "create_backend", "default_zoo_path", "device_fingerprint",
     "file_digest", "is_package", "load_model", "measure_latency", "measure_zoo", "overlay",
-    "select_variant",
+    "select_variant", "add_overhead", "measure_overhead", "StageStats", "stage_table",
 ]

@@ -3,15 +3,22 @@
 :func:`measure_zoo` times every variant of a zoo here, caching results per device fingerprint
 (:class:`LatencyCache`); :func:`select_variant` then picks the most accurate variant whose
 measured p95 fits a latency budget.
+
+A variant's network time is not what a node achieves: the node also decodes each frame,
+colours the labels and converts its outputs into messages. :func:`measure_overhead` times those
+non-network stages here (a callable the node passes, so this module needs no ROS) and
+:func:`add_overhead` adds them to every variant's latency before :func:`select_variant` ranks
+them, so a budget means "per frame in the node", not "per network call".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..machine import time_calls
 from .backends import AUTO
 from .latency import LatencyCache, LatencyStats
 from .segmenter import BackendChoice, choose_backend
@@ -21,13 +28,25 @@ from .zoo import ModelZoo, Variant
 
 @dataclass(frozen=True)
 class Measurement:
-    """A variant's latency here on the backend it runs on (``choice``: every backend weighed, under ``auto``)."""
+    """A variant's latency here on the backend it runs on (``choice``: every backend weighed, under ``auto``).
+
+    ``latency`` is what selection ranks by: the network's (the Segmenter's whole ``segment`` call),
+    plus ``overhead`` when :func:`add_overhead` added the node's own per-frame stages to it."""
 
     variant: Variant
     latency: LatencyStats
     cached: bool
     backend: str = "torch"
     choice: Optional[BackendChoice] = None
+    overhead: Optional[LatencyStats] = None
+
+    @property
+    def network(self) -> LatencyStats:
+        """The latency of the Segmenter's call alone (``latency`` less the added overhead)."""
+        if self.overhead is None:
+            return self.latency
+        o, t = self.overhead, self.latency
+        return LatencyStats(t.p50 - o.p50, t.p95 - o.p95, t.mean - o.mean, t.samples)
 
 
 def measure_zoo(
@@ -53,6 +72,28 @@ def measure_zoo(
     return out
 
 
+def measure_overhead(stages: Callable[[], Any], iterations: int = 10, warmup: int = 2) -> LatencyStats:
+    """Milliseconds per call of ``stages``: a node's own work per frame besides the network (decode,
+    colour, message conversion), run on a synthetic frame after ``warmup`` untimed calls."""
+    return LatencyStats.from_samples(time_calls(stages, iterations, warmup))
+
+
+def add_overhead(measurements: Sequence[Measurement], overhead: Optional[LatencyStats]) -> List[Measurement]:
+    """Each measurement with ``overhead`` added to its latency (p50 to p50, p95 to p95, mean to mean:
+    the p95 of a sum is at most about the sum of the p95s, so this errs on the safe side of a budget).
+    ``None`` leaves them as they are."""
+    if overhead is None:
+        return list(measurements)
+    out = []
+    for m in measurements:
+        if m.overhead is not None:
+            raise ValueError(f"{m.variant.name}: overhead already added")
+        t = m.latency
+        total = LatencyStats(t.p50 + overhead.p50, t.p95 + overhead.p95, t.mean + overhead.mean, t.samples)
+        out.append(replace(m, latency=total, overhead=overhead))
+    return out
+
+
 @dataclass(frozen=True)
 class Selection:
     """The variant chosen for a budget; ``fits`` is False when nothing met it (the fastest is used)."""
@@ -68,12 +109,16 @@ class Selection:
 
     def describe(self) -> str:
         lines = [f"budget {self.budget_ms:g} ms" if self.budget_ms > 0 else "no latency budget"]
+        over = self.measurement.overhead
+        if over is not None:
+            lines[0] += f" (latencies include the node's own stages: p50 {over.p50:.1f} ms, p95 {over.p95:.1f} ms per frame)"
         for m in sorted(self.candidates, key=lambda m: -m.variant.miou):
             mark = "*" if m is self.measurement else " "
             ok = "fits" if self.budget_ms <= 0 or m.latency.p95 <= self.budget_ms else "too slow"
+            net = f" (network p95 {m.network.p95:.1f} ms)" if m.overhead is not None else ""
             lines.append(
                 f" {mark} {m.variant.name}: mIoU {100 * m.variant.miou:.1f} %, p50 {m.latency.p50:.1f} ms, "
-                f"p95 {m.latency.p95:.1f} ms on {m.backend} ({ok}{', cached' if m.cached else ''})"
+                f"p95 {m.latency.p95:.1f} ms{net} on {m.backend} ({ok}{', cached' if m.cached else ''})"
             )
         return "\n".join(lines)
 
@@ -84,9 +129,11 @@ class Selection:
             "budget_ms": self.budget_ms,
             "fits": self.fits,
             "backend": self.measurement.backend,
+            "overhead_p50_ms": None if self.measurement.overhead is None else self.measurement.overhead.p50,
+            "overhead_p95_ms": None if self.measurement.overhead is None else self.measurement.overhead.p95,
             "candidates": [
                 {"name": m.variant.name, "miou": m.variant.miou, "p50_ms": m.latency.p50, "p95_ms": m.latency.p95, "cached": m.cached,
-                 "backend": m.backend}
+                 "backend": m.backend, "network_p50_ms": m.network.p50, "network_p95_ms": m.network.p95}
                 for m in self.candidates
             ],
         }
@@ -106,4 +153,4 @@ def select_variant(measurements: Sequence[Measurement], budget_ms: float) -> Sel
     return Selection(min(measurements, key=lambda m: m.latency.p95), budget_ms, False, tuple(measurements))
 
 
-__all__ = ["Measurement", "Selection", "measure_zoo", "select_variant"]
+__all__ = ["Measurement", "Selection", "add_overhead", "measure_overhead", "measure_zoo", "select_variant"]

@@ -4,8 +4,15 @@ A camera callback must never wait for inference, and a model slower than the cam
 build a queue: :meth:`FrameStream.submit` puts the frame in a one-slot mailbox and returns; a frame
 still waiting there when the next arrives is replaced (counted as dropped). Requests that change
 what processes frames (a model swap) are applied by the worker between two frames
-(:meth:`FrameStream.request`; the newest request wins). Counters and a latency window
-(submit -> processed) are kept for diagnostics (:meth:`FrameStream.stats`).
+(:meth:`FrameStream.request`; the newest request wins). Counters, a latency window
+(submit -> processed) and a per-stage window are kept for diagnostics (:meth:`FrameStream.stats`).
+
+Per-stage timings: ``process`` may return a dict ``stage name -> milliseconds`` instead of True
+(the caller's own stages: decode, network, publish, ...); the stream adds two it measures itself,
+``wait`` (submit -> the worker picks the frame up: time spent in the mailbox, which grows when the
+worker is starved of CPU or busy with the previous frame) and ``work`` (the whole ``process`` call,
+so ``work`` minus the caller's stages is time nobody accounted for: GIL waits, parameter reads).
+:meth:`FrameStream.stats` gives p50/p95 per stage over the same window as the latency.
 
 The ROS node (:mod:`hmseg_ros.segment_node`) is a thin adapter over this class.
 """
@@ -16,12 +23,54 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Generic, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
 F = TypeVar("F")  # a frame, as the caller submits it
 R = TypeVar("R")  # a request, as the caller submits it
+
+#: what ``process`` returns: True / False (output or not), or the stage timings (ms) of a frame with output
+ProcessResult = Union[bool, None, Mapping[str, float]]
+
+#: the order stages are reported in (others follow, sorted); ``wait`` and ``work`` are the stream's own
+STAGE_ORDER = ("wait", "decode", "preprocess", "network", "postprocess", "confidence", "color", "overlay", "publish",
+               "work", "stamp_to_publish")
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage's milliseconds over the window: median, 95th percentile, and how many frames ran it."""
+
+    p50_ms: float
+    p95_ms: float
+    samples: int
+
+
+def stage_order(names) -> List[str]:
+    """``names`` in :data:`STAGE_ORDER`, unknown ones after it, sorted."""
+    known = [n for n in STAGE_ORDER if n in names]
+    return known + sorted(n for n in names if n not in STAGE_ORDER)
+
+
+def summarize_stages(samples) -> Dict[str, StageStats]:
+    """Per-frame stage dicts -> p50/p95 per stage (a stage counts only the frames that ran it)."""
+    values: Dict[str, List[float]] = collections.defaultdict(list)
+    for stages in samples:
+        for name, ms in stages.items():
+            values[name].append(float(ms))
+    return {n: StageStats(float(np.percentile(values[n], 50)), float(np.percentile(values[n], 95)), len(values[n]))
+            for n in stage_order(values)}
+
+
+def stage_table(stages: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table of per-stage p50/p95 (``stages``: name -> ``{"p50_ms", "p95_ms", "samples"}``,
+    as :meth:`StreamStats` gives them through ``dataclasses.asdict``)."""
+    lines = ["| stage | p50 ms | p95 ms | frames |", "| --- | ---: | ---: | ---: |"]
+    for name in stage_order(stages):
+        s = stages[name]
+        lines.append(f"| {name} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {int(s.get('samples', 0))} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -35,16 +84,19 @@ class StreamStats:
     fps: float = 0.0
     latency_p50_ms: Optional[float] = None
     latency_p95_ms: Optional[float] = None
+    stages: Dict[str, StageStats] = field(default_factory=dict)
 
 
 class FrameStream(Generic[F, R]):
-    """``process(frame) -> bool`` runs on the worker thread for the newest frame (True: it produced
-    output, so its latency counts); ``apply(request)`` runs there between frames; an exception from
-    either goes to ``on_error`` and the worker goes on with the next frame."""
+    """``process(frame)`` runs on the worker thread for the newest frame and returns True (it produced
+    output, so its latency counts), a dict of stage milliseconds (output too, and its stages are kept
+    with the stream's own ``wait`` and ``work``), or False/None (no output: not counted);
+    ``apply(request)`` runs there between frames; an exception from either goes to ``on_error`` and
+    the worker goes on with the next frame."""
 
     def __init__(
         self,
-        process: Callable[[F], bool],
+        process: Callable[[F], ProcessResult],
         apply: Callable[[R], None] = lambda request: None,
         on_error: Callable[[str, BaseException], None] = lambda stage, error: None,
         latency_window: int = 300,
@@ -59,6 +111,7 @@ class FrameStream(Generic[F, R]):
         self.received = self.processed = self.dropped = 0
         self.bad: Dict[str, int] = collections.Counter()
         self._latency: collections.deque = collections.deque(maxlen=latency_window)  # (done time, ms since submit)
+        self._stages: collections.deque = collections.deque(maxlen=latency_window)  # (done time, {stage: ms})
         self._done: collections.deque = collections.deque(maxlen=rate_window)
         self._running = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -115,11 +168,16 @@ class FrameStream(Generic[F, R]):
                 self._guarded("request", self._apply, request[0])
             if item is not None and self._running:
                 frame, submitted = item
-                if self._guarded("frame", self._process, frame):
+                picked = time.perf_counter()
+                result = self._guarded("frame", self._process, frame)
+                if isinstance(result, Mapping) or result:
                     done = time.perf_counter()
+                    stages = {"wait": 1e3 * (picked - submitted), **(result if isinstance(result, Mapping) else {}),
+                              "work": 1e3 * (done - picked)}
                     with self._lock:
                         self.processed += 1
                         self._latency.append((done, 1e3 * (done - submitted)))
+                        self._stages.append((done, stages))
                         self._done.append(done)
 
     def _guarded(self, stage: str, fn: Callable, arg) -> object:
@@ -132,14 +190,18 @@ class FrameStream(Generic[F, R]):
     # ------------------------------------------------------------------ diagnostics
     def stats(self, period_s: float = 1.0, latency_span_s: float = 5.0) -> StreamStats:
         """Counters; frames per second over the last ``period_s``; latency percentiles over the last
-        ``max(period_s, latency_span_s)`` seconds (None before the first frame)."""
+        ``max(period_s, latency_span_s)`` seconds (None before the first frame), and per-stage
+        percentiles over the same span (both windows also hold at most ``latency_window`` frames)."""
         now = time.perf_counter()
+        span = max(period_s, latency_span_s)
         with self._lock:
-            recent = [ms for t, ms in self._latency if now - t <= max(period_s, latency_span_s)]
+            recent = [ms for t, ms in self._latency if now - t <= span]
+            stages = [st for t, st in self._stages if now - t <= span]
             fps = sum(1 for t in self._done if now - t <= period_s) / period_s
             counts = (self.received, self.processed, self.dropped, dict(self.bad))
         p50, p95 = (float(np.percentile(recent, q)) for q in (50, 95)) if recent else (None, None)
-        return StreamStats(*counts, fps=fps, latency_p50_ms=p50, latency_p95_ms=p95)
+        return StreamStats(*counts, fps=fps, latency_p50_ms=p50, latency_p95_ms=p95, stages=summarize_stages(stages))
 
 
-__all__ = ["FrameStream", "StreamStats"]
+__all__ = ["STAGE_ORDER", "FrameStream", "ProcessResult", "StageStats", "StreamStats", "stage_order", "stage_table",
+           "summarize_stages"]

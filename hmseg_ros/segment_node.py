@@ -49,7 +49,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -81,6 +81,7 @@ from hmseg_core.runtime.latency import LatencyStats
 from hmseg_core.runtime.transforms import palette_lut
 
 from .image_conv import ImageDecodeError, image_to_rgb, numpy_to_image
+from .diagnostics import segmentation_status
 from .node_main import run_node
 from .params import declare_parameters
 from .params import descriptor as _desc
@@ -378,40 +379,14 @@ class SegmentNode(Node):
         return out
 
     def _publish_diagnostics(self) -> None:
-        s = self.stats()
-        sel = self._selection
-        budget = sel.budget_ms
-        level, message = DiagnosticStatus.OK, "ok"
-        if not sel.fits:
-            level, message = DiagnosticStatus.WARN, f"no variant fits the {budget:g} ms budget; running the fastest"
-        elif budget > 0 and s["latency_p95_ms"] is not None and s["latency_p95_ms"] > budget:
-            level, message = DiagnosticStatus.WARN, f"p95 latency {s['latency_p95_ms']:.1f} ms exceeds the {budget:g} ms budget"
-        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         values = {
-            "variant": sel.variant.name,
             "backend": self.segmenter.backend_name,
             "backend_requested": self.backend,
-            "backend_candidates": sel.measurement.choice.describe() if sel.measurement.choice else sel.measurement.backend,
-            "latency_budget_ms": f"{budget:g}",
-            "latency_p50_ms": fmt(s["latency_p50_ms"]),
-            "latency_p95_ms": fmt(s["latency_p95_ms"]),
-            "fps": f"{s['fps']:.2f}",
-            "frames_received": str(s["received"]),
-            "frames_processed": str(s["processed"]),
-            "frames_dropped": str(s["dropped"]),
             "frames_downscaled": str(self.frames_downscaled),
-            "bad_messages": str(sum(s["bad"].values())),
-            **{f"bad_{k}": str(v) for k, v in sorted(s["bad"].items())},
-            "node_overhead_p95_ms": fmt(None if self.overhead is None else self.overhead.p95),
+            "node_overhead_p95_ms": "n/a" if self.overhead is None else f"{self.overhead.p95:.2f}",
         }
-        for name, st in s["stages"].items():
-            values[f"stage_{name}_p50_ms"] = fmt(st["p50_ms"])
-            values[f"stage_{name}_p95_ms"] = fmt(st["p95_ms"])
-        status = DiagnosticStatus(
-            level=level, name=f"{self.get_fully_qualified_name().lstrip('/')}: segmentation", message=message, hardware_id=str(self.fingerprint["cpu"]),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
-        arr = DiagnosticArray(status=[status])
+        name = f"{self.get_fully_qualified_name().lstrip('/')}: segmentation"
+        arr = DiagnosticArray(status=[segmentation_status(name, self.stats(), self._selection, str(self.fingerprint["cpu"]), values)])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
 

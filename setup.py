@@ -40,7 +40,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
-    package_data={"hmseg_core": ["zoo/*.yaml", "zoo/*.pt"]},
+    package_data={"hmseg_core": ["zoo/*.yaml", "zoo/*.pt", "zoo/records/*.md", "zoo/records/*/*.json"]},
     python_requires=">=3.10",
     install_requires=[PINS[k] for k in ("torch", "numpy", "pillow", "pyyaml", "tqdm", "matplotlib")],
     extras_require={

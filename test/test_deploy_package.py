@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,16 +275,43 @@ def test_package_format_version_mismatch(package_copy):
         Segmenter(package_copy)
 
 
-def test_compiled_for_another_architecture(package_copy):
+def test_compiled_for_another_architecture(package_copy, monkeypatch):
+    monkeypatch.setenv("HMSEG_COMPILE_ON_FIRST_USE", "0")  # else the backend compiles a library for this CPU
     _edit_metadata(package_copy, lambda m: m["libraries"][0]["target"].update(mtriple="riscv64-linux-gnu"))
-    with pytest.raises(PackageError, match="another CPU architecture.*--target host"):
+    with pytest.raises(PackageError, match="another CPU architecture.*--target host.*compiling on first use is off"):
         Segmenter(package_copy, backend="tvm")
 
 
-def test_compiled_for_a_cpu_with_more_features(package_copy):
-    _edit_metadata(package_copy, lambda m: m["libraries"][0]["cpu_features"].append("imaginary-simd"))
-    with pytest.raises(PackageError, match="features this one lacks.*imaginary-simd"):
+def _isa_extension_this_cpu_lacks():
+    from hmseg_core.deploy.targets import cpu_features, host_target
+
+    have = set(cpu_features(host_target()))
+    return next(f for f in ("avx512fp16", "avx512vp2intersect", "sse4a", "amx-fp16", "avx10.2-512", "sve2", "sme") if f not in have)
+
+
+def test_compiled_for_a_cpu_with_more_features(package_copy, monkeypatch):
+    from hmseg_core.runtime.backends.tvm_backend import select_library
+
+    missing = _isa_extension_this_cpu_lacks()
+    _edit_metadata(package_copy, lambda m: m["libraries"][0]["cpu_features"].append(missing))
+    with pytest.raises(PackageError, match=f"features this one lacks.*{missing}"):
+        select_library(ModelPackage.load(package_copy), "cpu")
+    monkeypatch.setenv("HMSEG_COMPILE_ON_FIRST_USE", "0")
+    with pytest.raises(PackageError, match=f"features this one lacks.*{missing}"):
         Segmenter(package_copy, backend="tvm")
+
+
+def test_tuning_flags_the_cpu_lacks_do_not_keep_a_library_from_loading(package_copy):
+    """LLVM lists scheduling hints among a CPU's features (icelake-server: fast-gather, ermsb, no-bypass-delay-*);
+    a library tuned under another mcpu of the same instruction sets runs here all the same."""
+    from hmseg_core.deploy.targets import cpu_features, host_target
+
+    flags = ["fast-imaginary-gather", "slow-imaginary-op", "no-bypass-delay-imaginary", "prefer-imaginary-bits",
+             "idivq-to-imaginary", "false-deps-imaginary", "tuning-imaginary", "ermsb", "macrofusion", "pconfig"]
+    host = set(cpu_features(host_target()))
+    _edit_metadata(package_copy, lambda m: m["libraries"][0].update(cpu_features=sorted(host) + flags))
+    seg = Segmenter(package_copy, backend="tvm")
+    assert seg.backend.library["file"] == ModelPackage.load(package_copy).libraries[0]["file"]  # the package's own, not a compiled one
 
 
 def test_no_library_for_the_device(package_copy):
@@ -307,11 +335,14 @@ def test_deploy_backends_need_a_package(checkpoint):
         Segmenter(checkpoint, backend="tvm")
 
 
-def test_cli_export_refuses_trials_without_a_records_directory(checkpoint, tmp_path, capsys):
-    from hmseg_core.cli import main
+def test_cli_tuning_records_default_to_the_users_cache(monkeypatch, tmp_path):
+    from hmseg_core.cli import build_parser
+    from hmseg_core.cli.deploy import _tuning_db
 
-    assert main(["export", str(checkpoint), str(tmp_path / "p"), "--trials", "8"]) == 2
-    assert "--tuning-db" in capsys.readouterr().err
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = build_parser().parse_args(["export", "ckpt.pt", "out", "--trials", "8"])
+    assert _tuning_db(args) == tmp_path / "hmseg" / "tuning"  # where `hmseg-core tune` writes, so exports reuse it
+    assert _tuning_db(build_parser().parse_args(["tune", "pkg", "--tuning-db", "db"])) == Path("db")
 
 
 def test_bench_times_every_row_in_blocks_and_records_per_device(package_copy, capsys, monkeypatch):
@@ -409,8 +440,8 @@ def test_trials_per_round_spends_about_half_the_budget_on_one_pass_over_all_task
 
 
 def _export_for(target, tool, missing, checkpoint, tmp_path_factory):
-    """A package with only a ``target`` library, or a skip naming the missing ``tool``."""
-    if shutil.which(tool) is None:
+    """A package with only a ``target`` library, or a skip naming the missing ``tool`` (a callable: whether it is there)."""
+    if not (tool() if callable(tool) else shutil.which(tool)):
         pytest.skip(missing)
     out = tmp_path_factory.mktemp(target) / "pkg"
     return export_package(checkpoint, out, ExportOptions(input_size=SIZE, targets=(target,), onnx=False), log=lambda s: None)
@@ -418,14 +449,18 @@ def _export_for(target, tool, missing, checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cuda_package(checkpoint, tmp_path_factory):
-    return _export_for("cuda", "nvcc", "nvcc not on PATH: TVM compiles CUDA kernels with it", checkpoint, tmp_path_factory)
+    return _export_for("cuda", lambda: tvm.get_global_func("target.build.cuda", allow_missing=True) is not None,
+                       "this TVM was built without CUDA code generation", checkpoint, tmp_path_factory)
 
 
-def test_cuda_library_builds_without_a_gpu(cuda_package):
-    """The CUDA target compiles here (nvcc and TVM's GPU schedules); a CPU-only machine gets a clear error."""
+def test_cuda_library_builds_without_a_gpu(cuda_package, monkeypatch):
+    """The CUDA target compiles here (DLight's default GPU schedules; the CUDA C++ becomes GPU code where the
+    library is loaded); without compiling on first use, a CPU-only machine gets a clear error."""
     (lib,) = cuda_package.libraries
     assert lib["target"]["kind"] == "cuda" and lib["target_key"].startswith("cuda-sm_")
+    assert lib["tuning"]["schedules"] == "dlight"
     assert (cuda_package.root / lib["file"]).stat().st_size > 0
+    monkeypatch.setenv("HMSEG_COMPILE_ON_FIRST_USE", "0")
     with pytest.raises(PackageError, match="no llvm library"):
         Segmenter(cuda_package.root, backend="tvm")
 
@@ -443,12 +478,14 @@ def aarch64_package(checkpoint, tmp_path_factory):
                        checkpoint, tmp_path_factory)
 
 
-def test_aarch64_library_is_cross_compiled_and_refused_on_another_architecture(aarch64_package):
+def test_aarch64_library_is_cross_compiled_and_refused_on_another_architecture(aarch64_package, monkeypatch):
     (lib,) = aarch64_package.libraries
     header = (aarch64_package.root / lib["file"]).read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # e_machine EM_AARCH64
+    assert lib["tuning"]["family"] == "aarch64" and "neon" in lib["cpu_features"]
     from hmseg_core.deploy.targets import host_arch
 
+    monkeypatch.setenv("HMSEG_COMPILE_ON_FIRST_USE", "0")  # else a library for this CPU is compiled from checkpoint.pt
     if host_arch() != "aarch64":
         with pytest.raises(PackageError, match="another CPU architecture"):
             Segmenter(aarch64_package.root, backend="tvm")

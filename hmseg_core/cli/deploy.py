@@ -1,4 +1,4 @@
-"""``hmseg-core export``, ``bench``, ``profile`` and ``agree``: model packages, their latency and agreement.
+"""``hmseg-core export``, ``tune``, ``bench``, ``profile`` and ``agree``: model packages, their latency and agreement.
 
 Importing this module imports neither torch nor TVM nor ONNX Runtime; handlers import them when run.
 """
@@ -15,24 +15,48 @@ from ..tensor_layouts import DEFAULT_LAYOUT, LAYOUTS
 from . import args as argtypes
 
 
+def _tuning_db(args: argparse.Namespace) -> Path:
+    from ..deploy.records import default_tuning_db
+
+    return Path(args.tuning_db) if args.tuning_db else default_tuning_db()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..deploy.export import ExportOptions, export_package
     from ..deploy.tuning import TuningOptions
 
-    if args.trials > 0 and not args.tuning_db:
-        raise ValueError("--trials needs --tuning-db DIR (where the records are kept and reused)")
     options = ExportOptions(
         input_size=args.input_size,
         targets=[] if args.no_tvm else (args.target or ["host"]),
         onnx=not args.no_onnx,
         tuning=TuningOptions(
-            trials=args.trials, db_root=Path(args.tuning_db) if args.tuning_db else None,
+            trials=args.trials, db_root=_tuning_db(args), shipped=not args.no_shipped_records,
             trials_per_task=args.trials_per_task, retune=args.retune, layout=args.layout,
         ),
         name=args.name,
         overwrite=args.overwrite,
     )
     export_package(args.checkpoint, args.out, options)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ..deploy.autotune import tune
+    from ..deploy.records import prune
+    from ..deploy.targets import host_target, isa_family
+
+    if args.minutes <= 0 and args.max_trials is None:
+        print("error: give a budget: --minutes N (and/or --max-trials N)", file=sys.stderr)
+        return 2
+    db = _tuning_db(args)
+    state = tune(args.model, args.minutes if args.minutes > 0 else None, db, max_trials=args.max_trials, chunk=args.chunk,
+                 input_size=args.input_size, threads=args.threads, build=not args.no_build)
+    print(json.dumps({"trials": state["trials"], "spent_min": round(state["spent_s"] / 60, 2), "frame_ms": state["frame_ms"],
+                      "final_frame_ms": state.get("final_frame_ms")}, indent=2))
+    if args.ship:
+        family = isa_family(host_target())
+        total, kept = prune(db / family, Path(args.ship) / family)
+        print(f"shipped {kept} records (the best of {total}) to {Path(args.ship) / family}", file=sys.stderr)
     return 0
 
 
@@ -86,7 +110,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``export``, ``bench``, ``profile`` and ``agree`` to ``sub``."""
+    """Add ``export``, ``tune``, ``bench``, ``profile`` and ``agree`` to ``sub``."""
     e = sub.add_parser("export", help="checkpoint -> model package (TVM libraries per target, ONNX, metadata)")
     e.add_argument("checkpoint")
     e.add_argument("out", help="package directory to create")
@@ -95,7 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="host (default), aarch64, cuda, or a TVM target JSON dict; repeat for several")
     e.add_argument("--trials", type=int, default=0, help="MetaSchedule trial budget (0: apply existing records only)")
     e.add_argument("--trials-per-task", type=int, default=64)
-    e.add_argument("--tuning-db", help="tuning records directory, one sub-directory per target, reused across exports")
+    e.add_argument("--tuning-db", help="your tuning records, one sub-directory per ISA family, reused across exports "
+                                       "(default ~/.cache/hmseg/tuning, where `hmseg-core tune` writes)")
+    e.add_argument("--no-shipped-records", action="store_true", help="leave out the tuning records that ship with hmseg")
     e.add_argument("--retune", action="store_true", help="tune tasks that already have records, too")
     e.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT,
                    help=f"activation layout the convolutions are compiled in (default {DEFAULT_LAYOUT}; see docs/DEPLOY.md)")
@@ -104,6 +130,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--name", help="package name in the metadata (default: the checkpoint's file name)")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("tune", help="tune a package, checkpoint or zoo for this CPU within a time budget (resumable)")
+    t.add_argument("model", help="model package directory, checkpoint, or zoo index (.yaml): its variants are tuned together")
+    t.add_argument("--minutes", type=float, default=0, help="wall-time budget, over every run of the same command")
+    t.add_argument("--max-trials", type=int, default=None, help="stop after this many trials in all (also over reruns)")
+    t.add_argument("--chunk", type=int, default=16, help="trials a task gets per turn")
+    t.add_argument("--tuning-db", help="where the records go, one sub-directory per ISA family (default ~/.cache/hmseg/tuning)")
+    t.add_argument("--input-size", type=argtypes.size, default=(360, 480), metavar="HxW", help="input size of checkpoints (packages have theirs)")
+    t.add_argument("--threads", type=int, default=None, help="cores the network runs on (default: all of this machine's)")
+    t.add_argument("--no-build", action="store_true", help="do not rebuild the libraries with the new records at the end")
+    t.add_argument("--ship", metavar="DIR", help="afterwards copy the best record per kernel to DIR/<family>/ (e.g. hmseg_core/zoo/records)")
+    t.set_defaults(func=cmd_tune)
 
     b = sub.add_parser("bench", help="interleaved latency of backends on model packages (median, p95)")
     b.add_argument("packages", nargs="+", help="model package directories (e.g. an untuned and a tuned export)")

@@ -208,22 +208,30 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
 
     Returns the frame's median wall time in ms and the kernels, slowest first. The hook adds a
     few microseconds per call, so the kernels' sum is slightly above a plain run's time."""
-    if runs < 1:
-        raise ValueError("runs must be >= 1")
-    import tvm
-
     from ..runtime.backends.tvm_backend import TVMBackend
 
     set_threads(threads)
     backend = TVMBackend(ModelSource.load(package))
-    h, w = backend.input_size
+    return profile_vm(backend.vm, backend.input_size, backend.frame, backend.frame_params or backend.params, backend.device, runs, warmup)
+
+
+def profile_vm(vm, input_size: Tuple[int, int], frame: Optional[str], params: Sequence, device=None,
+               runs: int = 20, warmup: int = 3) -> Tuple[float, List[KernelTime]]:
+    """:func:`profile_kernels` on a Relax VM: the whole-frame function ``frame`` (RGB uint8 in) with
+    its transformed ``params``, else ``main`` (float NCHW in)."""
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    import tvm
+
+    device = device or tvm.cpu(0)
+    h, w = input_size
     rng = np.random.default_rng(0)
-    if backend.frame:
-        image = tvm.runtime.tensor(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8), backend.device)
-        run = functools.partial(backend.vm[backend.frame], image, *backend.frame_params)
+    if frame:
+        image = tvm.runtime.tensor(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8), device)
+        run = functools.partial(vm[frame], image, *params)
     else:
-        x = tvm.runtime.tensor(rng.random((1, 3, h, w), dtype=np.float32), backend.device)
-        run = functools.partial(backend.vm["main"], x, *backend.params)
+        x = tvm.runtime.tensor(rng.random((1, 3, h, w), dtype=np.float32), device)
+        run = functools.partial(vm["main"], x, *params)
     for _ in range(warmup):
         run()
     totals: Dict[str, float] = {}
@@ -238,7 +246,7 @@ def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, thread
             calls[name] = calls.get(name, 0) + 1
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
-    backend.vm.set_instrument(instrument)
+    vm.set_instrument(instrument)
     frames = time_calls(run, runs)
     kernels = [KernelTime(n, calls[n] // runs, 1e3 * totals[n] / runs) for n in totals]
     return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)

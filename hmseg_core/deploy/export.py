@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
-from ..io import digest
+from ..io import atomic_write_file, digest
 from .fold import fold_batchnorm
 from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, FRAME_FUNCTION, ONNX, ONNX_LABELS, PARAMS, ModelPackage
 from .targets import TargetDict, cpu_features, cross_compiler, resolve_target, target_key
@@ -120,25 +120,15 @@ def with_frame_function(mod, frame_program: torch.export.ExportedProgram, names:
     return combined
 
 
-def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptions, log: Log = _stderr) -> Dict[str, Any]:
-    """Tune (within budget), build and link one library; returns its metadata entry."""
+def build_library(mod, target: TargetDict, tuning: TuningOptions, log: Log = _stderr):
+    """Tune (within budget), apply the records of the target's ISA family, compile; returns
+    ``(executable, metadata entry)``. The one compile path of exports, first-use compiles and tuning."""
     import tvm
 
     mod, report = tune_and_apply(mod, target, tuning, log)
     log(f"compiling for {target_key(target)}")
     executable = tvm.compile(mod, target=tvm.target.Target(target))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    cxx = cross_compiler(target)
-    if cxx is not None:
-        if shutil.which(cxx) is None:
-            raise RuntimeError(f"cross-compiling for {target_key(target)} needs {cxx} (Debian: apt-get install g++-{cxx.split('-linux')[0]}-linux-gnu)")
-        from tvm.support import cc
-
-        executable.export_library(str(out_path), fcompile=cc.cross_compiler(cxx))
-    else:
-        executable.export_library(str(out_path))
-    return {
-        "file": out_path.name,
+    entry = {
         "target": target,
         "target_key": target_key(target),
         "cpu_features": cpu_features(target),
@@ -147,6 +137,27 @@ def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptio
         "tuning": report.as_dict(),
         "frame": FRAME_FUNCTION if FRAME_FUNCTION in [gv.name_hint for gv in mod.functions] else None,
     }
+    return executable, entry
+
+
+def write_library(executable, target: TargetDict, out_path: Path) -> None:
+    """Link ``executable`` into the shared library ``out_path`` (atomically; cross-linked for another architecture)."""
+    cxx = cross_compiler(target)
+    if cxx is not None and shutil.which(cxx) is None:
+        raise RuntimeError(f"cross-compiling for {target_key(target)} needs {cxx} (Debian: apt-get install g++-{cxx.split('-linux')[0]}-linux-gnu)")
+    if cxx is not None:
+        from tvm.support import cc
+
+        atomic_write_file(out_path, lambda tmp: executable.export_library(str(tmp), fcompile=cc.cross_compiler(cxx)))
+    else:
+        atomic_write_file(out_path, lambda tmp: executable.export_library(str(tmp)))
+
+
+def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptions, log: Log = _stderr) -> Dict[str, Any]:
+    """Tune (within budget), build and link one library; returns its metadata entry."""
+    executable, entry = build_library(mod, target, tuning, log)
+    write_library(executable, target, out_path)
+    return {"file": out_path.name, **entry}
 
 
 def _onnx(net: nn.Module, example: torch.Tensor, out_path: Path, output: str) -> None:
@@ -155,6 +166,28 @@ def _onnx(net: nn.Module, example: torch.Tensor, out_path: Path, output: str) ->
             net, (example,), str(out_path), input_names=["image"], output_names=[output],
             opset_version=ONNX_OPSET, dynamo=True, external_data=False,
         )
+
+
+@dataclass
+class Graphs:
+    """A checkpoint's deployed network at one input size: the module, its whole frame, the exported
+    program and its weights' names in the compiled functions' order."""
+
+    net: nn.Module
+    frame: FramePath
+    program: torch.export.ExportedProgram
+    names: List[str]
+
+
+def export_graphs(ckpt: Dict[str, Any], input_size: Tuple[int, int]) -> Graphs:
+    net = deploy_network(ckpt)
+    program = export_program(net, input_size)
+    return Graphs(net, FramePath(net, ckpt["mean"], ckpt["std"]).eval(), program, parameter_names(program))
+
+
+def relax_module(graphs: Graphs, input_size: Tuple[int, int]):
+    """The Relax module every library is compiled from: ``main`` (the network) and the whole frame."""
+    return with_frame_function(to_relax(graphs.program), export_frame_program(graphs.frame, input_size), graphs.names)
 
 
 def export_onnx(net: nn.Module, frame: FramePath, input_size: Tuple[int, int], out_dir: Path) -> Dict[str, Any]:
@@ -174,7 +207,8 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     out.mkdir(parents=True, exist_ok=True)
     h, w = options.input_size
 
-    net = deploy_network(ckpt)
+    graphs = export_graphs(ckpt, (h, w))
+    net, names = graphs.net, graphs.names
     log(f"exporting {source.name}: {ckpt['genotype'][:60]}... at {h}x{w}")
 
     # the torch backend's weights: the source checkpoint without training-only state
@@ -182,8 +216,6 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     slim["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("boost.")}
     atomic_save(slim, out / CHECKPOINT)
 
-    program = export_program(net, (h, w))
-    names = parameter_names(program)
     state = net.state_dict()
     np.savez(out / PARAMS, **{f"p{i:04d}": state[n].detach().cpu().numpy() for i, n in enumerate(names)})
 
@@ -212,9 +244,9 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     package.add_file(CHECKPOINT)
     package.add_file(PARAMS)
 
-    frame = FramePath(net, ckpt["mean"], ckpt["std"]).eval()
+    frame = graphs.frame
     if options.targets:
-        mod = with_frame_function(to_relax(program), export_frame_program(frame, (h, w)), names)
+        mod = relax_module(graphs, (h, w))
         for spec in options.targets:
             target = resolve_target(spec)
             name = f"lib/{target_key(target)}.so"

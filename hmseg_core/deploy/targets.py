@@ -6,6 +6,11 @@ Named targets:
                  package ``g++-aarch64-linux-gnu``)
     ``cuda``     NVIDIA GPU (``arch`` from the visible GPU, else ``sm_80``), host code for this CPU
 A JSON object string is taken as a target dict as it is.
+
+A target's *ISA family* (:func:`isa_family`: ``x86_64-avx512``, ``x86_64-avx2``, ``aarch64``) names
+the instruction sets its kernels are scheduled for; tuning records are kept per family, since
+MetaSchedule keys them by workload, not by ``mcpu``. A library's CPU check compares instruction-set
+features only (:func:`isa_features`), never LLVM's tuning flags (``fast-gather``, ``ermsb``, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import os
 import platform
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 TargetDict = Dict[str, Any]
 
@@ -96,15 +101,61 @@ def target_key(target: TargetDict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p))
 
 
+#: LLVM feature names (or their prefixes) that are instruction sets generated code may use, per
+#: architecture. Everything else LLVM lists for a CPU is a scheduling hint (``fast-*``, ``slow-*``,
+#: ``no-bypass-delay-*``, ``ermsb``, ``prefer-*``, ``idiv*``, ``macrofusion``, ``false-deps-*``,
+#: ``tuning-*``, ...) or a system instruction no kernel contains (``pconfig``, ``enqcmd``, ...): a
+#: CPU without it runs the code all the same.
+ISA_FEATURES: Dict[str, Tuple[str, ...]] = {
+    "x86_64": (
+        "sse", "ssse3", "avx", "amx", "fma", "f16c", "evex512", "xop", "tbm", "bmi", "lzcnt", "popcnt",
+        "movbe", "adx", "aes", "vaes", "pclmul", "vpclmulqdq", "gfni", "sha", "cmov", "cx16", "crc32",
+        "sahf", "prfchw", "mmx", "x87",
+    ),
+    "aarch64": (
+        "neon", "fp-armv8", "fullfp16", "fp16fml", "sve", "sme", "dotprod", "i8mm", "bf16", "f32mm", "f64mm",
+        "crc", "aes", "sha2", "sha3", "sm4", "lse", "rdm", "rcpc", "complxnum", "jsconv", "fptoint",
+        "v8", "v9",
+    ),
+}
+#: prefixes of LLVM tuning flags, left out where an architecture has no whitelist above
+TUNING_PREFIXES = ("fast-", "slow-", "no-bypass-delay", "prefer-", "idiv", "false-deps-", "tuning-", "fuse-",
+                   "macrofusion", "branchfusion", "ermsb", "fsrm", "vzeroupper", "allow-light-", "use-", "disable-")
+
+
+def isa_features(features: Iterable[str], arch: Optional[str]) -> List[str]:
+    """The instruction-set features among LLVM CPU ``features`` of ``arch`` (tuning flags left out)."""
+    allowed = ISA_FEATURES.get(arch or "")
+    if allowed is None:
+        return sorted(f for f in set(features) if not f.startswith(TUNING_PREFIXES))
+    return sorted(f for f in set(features) if f.startswith(allowed))
+
+
 def cpu_features(target: TargetDict) -> List[str]:
-    """LLVM CPU features the target's host code may use (empty when there is no CPU code to check)."""
+    """Instruction-set features the target's host code may use (empty when there is no CPU code to check)."""
     host = target if target.get("kind") == "llvm" else target.get("host")
     if not isinstance(host, dict) or "mcpu" not in host:
         return []
     import tvm
 
     t = tvm.target.Target({k: v for k, v in host.items() if k in ("kind", "mtriple", "mcpu", "mattr")})
-    return sorted(_tvm_codegen().llvm_get_cpu_features(t))
+    return isa_features(_tvm_codegen().llvm_get_cpu_features(t), target_arch(host))
+
+
+def isa_family(target: TargetDict) -> str:
+    """The family of CPUs whose kernels a target's tuning records fit: ``x86_64-avx512`` (AVX-512
+    foundation), ``x86_64-avx2`` (AVX2 and FMA), ``x86_64``, ``aarch64``; ``cuda`` for a GPU target."""
+    if target.get("kind") != "llvm":
+        return str(target.get("kind"))
+    arch = target_arch(target) or host_arch()
+    if arch != "x86_64":
+        return arch
+    features = set(cpu_features(target))
+    if "avx512f" in features:
+        return "x86_64-avx512"
+    if {"avx2", "fma"} <= features:
+        return "x86_64-avx2"
+    return "x86_64"
 
 
 def cross_compiler(target: TargetDict) -> Optional[str]:

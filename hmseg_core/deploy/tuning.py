@@ -1,14 +1,16 @@
-"""MetaSchedule tuning with a trial budget, a progress display, and a records database per target.
+"""MetaSchedule tuning with a trial budget, a progress display, and records per ISA family.
 
 The weights stay function parameters (one ``params.npz`` serves every library), and
 ``LiftTransformParams`` moves what depends on them alone (bias reshapes, layout changes) into
 ``main_transform_params``, which the runtime calls once at load; only ``main``'s kernels are
 tuned and run per frame.
 
-Records live in ``<db_root>/<target key>/`` (MetaSchedule's JSON database). A task whose
-workload already has a valid record there is not tuned again, so exporting a second network
-built from the same operators (every searched variant shares the operator table) costs no
-tuning; ``retune=True`` tunes every task again and adds records.
+Records are read from the user's database, old per-CPU folders and the records shipped with
+hmseg, and written to ``<db_root>/<ISA family>/`` (:mod:`.records`). A task whose workload already
+has a valid record in any of them is not tuned again, so exporting a second network built from
+the same operators (every searched variant shares the operator table) costs no tuning;
+``retune=True`` tunes every task again and adds records. GPU targets get DLight's default
+schedules instead (no tuning, no records).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..tensor_layouts import DEFAULT_LAYOUT, LAYOUTS
 from .relax_rewrites import clip_as_min_max, upsampling_into_argmax
-from .targets import TargetDict, target_key
+from .records import RecordSet, record_set
+from .targets import TargetDict, host_arch, isa_family, target_arch
 
 Log = Callable[[str], None]
 
@@ -33,7 +36,8 @@ class TuningOptions:
     """How much to tune, and where the records live."""
 
     trials: int = 0                      # total trial budget; 0 = only apply existing records
-    db_root: Optional[Path] = None       # records directory root (one sub-directory per target)
+    db_root: Optional[Path] = None       # the user's records root (one sub-directory per ISA family); None: none
+    shipped: bool = True                 # also apply the records that ship with hmseg (hmseg_core/zoo/records/<family>)
     trials_per_task: int = 64
     retune: bool = False                 # tune tasks that already have records, too
     builder_timeout_s: float = 120.0     # generous: a loaded 2-core machine builds slowly
@@ -45,7 +49,12 @@ class TuningOptions:
             raise ValueError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 
     def work_dir(self, target: TargetDict) -> Optional[Path]:
-        return None if self.db_root is None else Path(self.db_root) / target_key(target)
+        """The folder tuning writes ``target``'s records to: ``<db_root>/<ISA family>``."""
+        return None if self.db_root is None else Path(self.db_root) / isa_family(target)
+
+    def records(self, target: TargetDict, log: Log = lambda s: None) -> RecordSet:
+        """Every folder ``target``'s records are read from, preferred first."""
+        return record_set(target, None if self.db_root is None else Path(self.db_root), self.shipped, log)
 
 
 @dataclass
@@ -56,6 +65,9 @@ class TuningReport:
     trials: int
     seconds: float
     work_dir: Optional[str]
+    family: Optional[str] = None
+    sources: List[str] = field(default_factory=list)   # record folders read, preferred first
+    schedules: str = "metaschedule"                    # "dlight" for GPU targets
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -89,7 +101,34 @@ def _progress_callback(total: int, log: Log):
     return Progress()
 
 
-def _persistent_builder(timeout_s: float, restart_every: int = 25):
+#: the module of ``tvm.s_tir.tensor_intrin`` that holds each CPU architecture's tensor intrinsics
+_INTRINSICS = {"x86_64": "x86", "aarch64": "arm_cpu", "riscv64": "riscv_cpu"}
+
+
+def cpu_intrinsics_only(arch: str) -> None:
+    """Register only ``arch``'s tensor intrinsics when MetaSchedule imports ``tvm.s_tir.tensor_intrin``.
+
+    Every ``TuneContext`` and every builder worker imports that package, whose ``__init__`` registers
+    the intrinsics of every target TVM knows; its CUDA part alone took 42 s of CPU here (the whole
+    package 60 s, minutes on a loaded machine), once in the tuning process and again in every fresh
+    builder worker. CPU tuning uses only the CPU's own (x86: VNNI / AVX-512 dot products). The package
+    is entered unexecuted, so its other submodules still import when asked for by name."""
+    import importlib
+    import importlib.util
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules or arch not in _INTRINSICS:
+        return
+    import tvm.s_tir
+
+    spec = importlib.util.find_spec(name)
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    tvm.s_tir.tensor_intrin = package
+    importlib.import_module(f"{name}.{_INTRINSICS[arch]}")
+
+
+def _persistent_builder(timeout_s: float, restart_every: int = 25, arch: Optional[str] = None):
     """MetaSchedule's ``LocalBuilder``, but its worker processes live across batches.
 
     ``LocalBuilder`` starts a fresh pool of worker processes for every batch of candidates, and
@@ -113,7 +152,8 @@ def _persistent_builder(timeout_s: float, restart_every: int = 25):
             if self.pool is None or self.batches >= restart_every:
                 if self.pool is not None:
                     self.pool.shutdown()
-                self.pool, self.batches = PopenPoolExecutor(max_workers=cpu_count(logical=True), timeout=timeout_s), 0
+                init = dict(initializer=cpu_intrinsics_only, initargs=(arch,)) if arch else {}
+                self.pool, self.batches = PopenPoolExecutor(max_workers=cpu_count(logical=True), timeout=timeout_s, **init), 0
             self.batches += 1
             jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
             results = []
@@ -213,11 +253,30 @@ def extract_tasks(mod, target: TargetDict):
     return ms.relax_integration.extract_tasks(per_frame_module(mod), tvm.target.Target(target))
 
 
-def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = lambda s: print(s, file=sys.stderr)):
-    """Lower ``mod`` for tuning, tune within the budget, apply the records; returns ``(mod, report)``.
+def gpu_schedules(mod, target: TargetDict):
+    """DLight's default GPU schedules for every kernel of a lowered module (what TVM's CUDA
+    pipeline applies; done here so the tuning report says so and nothing reaches MetaSchedule)."""
+    import tvm
+    from tvm.s_tir import dlight as dl
 
-    The returned module is what ``tvm.compile`` builds. Without a database directory the
-    module is only lowered (the default schedules apply at build time).
+    with tvm.target.Target(target):
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                                       dl.gpu.Fallback())(mod)
+
+
+def untuned_tasks(tasks, database, target: TargetDict, retune: bool = False) -> list:
+    """The tasks without a valid record in ``database`` (all of them with ``retune``)."""
+    import tvm
+
+    tvm_target = tvm.target.Target(target)
+    return [t for t in tasks if retune or database is None or database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is None]
+
+
+def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = lambda s: print(s, file=sys.stderr)):
+    """Lower ``mod``, tune within the budget, apply the records of the target's ISA family; returns ``(mod, report)``.
+
+    The returned module is what ``tvm.compile`` builds. Without any records (no database, none
+    shipped) the module is only lowered (the default schedules apply at build time).
     """
     import tvm
     from tvm import relax
@@ -226,26 +285,29 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
     tvm_target = tvm.target.Target(target)
     start = time.perf_counter()
     mod = lower(mod, target, options.layout)
-    work_dir = options.work_dir(target)
-    if work_dir is None:
+    if target.get("kind") != "llvm":
         if options.trials > 0:
-            raise ValueError("tuning needs a records directory (--tuning-db)")
-        return mod, TuningReport(0, 0, 0, 0, 0.0, None)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+            log(f"{isa_family(target)}: GPU kernels get DLight's default schedules; the trial budget is for CPU targets")
+        return gpu_schedules(mod, target), TuningReport(0, 0, 0, 0, time.perf_counter() - start, None, isa_family(target), [], "dlight")
+    records = options.records(target, log)
+    work_dir = records.writable
+    if options.trials > 0 and work_dir is None:
+        raise ValueError("tuning needs a records directory (--tuning-db)")
+    database, user = records.open(write=options.trials > 0)
+    if database is None:  # no records anywhere: the default schedules
+        return mod, TuningReport(0, 0, 0, 0, time.perf_counter() - start, None, records.family)
     tasks = extract_tasks(mod, target)
-    todo = [
-        t for t in tasks
-        if options.retune or database.query_tuning_record(t.dispatched[0], tvm_target, "main") is None
-    ]
+    todo = untuned_tasks(tasks, database, target, options.retune)
     reused = len(tasks) - len(todo)
     trials = 0
     if options.trials > 0 and todo:
-        log(f"tuning {len(todo)} of {len(tasks)} tasks ({reused} reused from {work_dir}), budget {options.trials} trials")
-        threads = int(target.get("num-cores", 1)) if target.get("kind") == "llvm" else "physical"
+        log(f"tuning {len(todo)} of {len(tasks)} tasks ({reused} have records), budget {options.trials} trials, records to {work_dir}")
+        threads = int(target.get("num-cores", 1))
+        arch = target_arch(target) or host_arch()
+        cpu_intrinsics_only(arch)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir), num_threads=threads, seed=options.seed)
         progress = _progress_callback(options.trials, log)
-        builder = _persistent_builder(options.builder_timeout_s)
+        builder = _persistent_builder(options.builder_timeout_s, arch=arch)
         try:
             with _measuring_threads(threads):
                 ms.tune_tasks(
@@ -256,15 +318,16 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
                     max_trials_per_task=min(options.trials_per_task, options.trials),
                     num_trials_per_iter=trials_per_round(options, len(todo)),
                     builder=builder,
-                    database=database,
+                    database=user,
                     measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
                 )
         finally:
             builder.close()
         trials = progress.done
     elif todo:
-        log(f"{len(todo)} of {len(tasks)} tasks have no tuning records in {work_dir} (budget 0: default schedules)")
-    with tvm_target:
-        mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+        log(f"{len(todo)} of {len(tasks)} tasks have no tuning records for {records.family} (budget 0: default schedules)")
+    with tvm_target, database:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = len(todo) if trials else 0
-    return mod, TuningReport(len(tasks), tuned, reused, trials, time.perf_counter() - start, str(work_dir))
+    return mod, TuningReport(len(tasks), tuned, reused, trials, time.perf_counter() - start, str(work_dir) if work_dir else None,
+                             records.family, [str(p) for p in records.readable()])

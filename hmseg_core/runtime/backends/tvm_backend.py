@@ -1,14 +1,17 @@
-"""Runs a package's compiled TVM library on the Relax virtual machine."""
+"""Runs a package's compiled TVM library on the Relax virtual machine; compiles one on first use
+where the package has none for this CPU (:mod:`hmseg_core.deploy.library_cache`)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ...deploy import library_cache
 from ...deploy.package import ModelPackage, PackageError
-from ...deploy.targets import cpu_features, host_arch, host_target, target_arch
+from ...deploy.targets import cpu_features, host_arch, host_target, isa_features, target_arch
 from ...deploy.tuning import TRANSFORM_PARAMS, transform_params
 from ...machine import use_tvm_threads
 from ...model import resize_to
@@ -24,6 +27,11 @@ def _installed_tvm() -> str:
     return tvm.__version__
 
 
+class NoLibraryHere(PackageError):
+    """The package has no library this machine runs (none of the kind, another architecture, missing
+    instruction sets): one can be compiled here, where the others cannot be mended that way."""
+
+
 def select_library(package: ModelPackage, device: str) -> Dict[str, Any]:
     """The package's library for this machine and device, or a :class:`PackageError` saying why none fits."""
     kind = "cuda" if device.startswith("cuda") else "llvm"
@@ -31,23 +39,43 @@ def select_library(package: ModelPackage, device: str) -> Dict[str, Any]:
     others = ", ".join(lib["target_key"] for lib in package.libraries) or "none"
     fix = f"`hmseg-core export CHECKPOINT {package.root} --overwrite --target {'cuda' if kind == 'cuda' else 'host'}` on this machine"
     if not libs:
-        raise PackageError(f"{package.root}: no {kind} library in the package (it has: {others}); build one with {fix}")
+        raise NoLibraryHere(f"{package.root}: no {kind} library in the package (it has: {others}); build one with {fix}")
     arch = host_arch()
     libs = [lib for lib in libs if target_arch(lib["target"]) in (None, arch)]
     if not libs:
-        raise PackageError(f"{package.root}: compiled for another CPU architecture ({others}), this machine is {arch}; build with {fix}")
+        raise NoLibraryHere(f"{package.root}: compiled for another CPU architecture ({others}), this machine is {arch}; build with {fix}")
     host_features = set(cpu_features(host_target()))
     usable: List[Dict[str, Any]] = []
     missing_by_lib = {}
     for lib in libs:
-        missing = sorted(set(lib.get("cpu_features", [])) - host_features)
+        # instruction sets only: packages list LLVM's tuning flags too (fast-gather, ermsb, ...), which no CPU needs
+        missing = sorted(set(isa_features(lib.get("cpu_features", []), target_arch(lib["target"]) or arch)) - host_features)
         (missing_by_lib.__setitem__(lib["target_key"], missing) if missing else usable.append(lib))
     if not usable:
         detail = "; ".join(f"{k} needs {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}" for k, v in missing_by_lib.items())
-        raise PackageError(f"{package.root}: compiled for a CPU with features this one lacks ({detail}); build with {fix}")
+        raise NoLibraryHere(f"{package.root}: compiled for a CPU with features this one lacks ({detail}); build with {fix}")
     # prefer the library built for exactly this CPU, then the most tuned one
     mcpu = host_target()["mcpu"]
     return max(usable, key=lambda lib: (lib["target"].get("mcpu") == mcpu, lib.get("tuning", {}).get("trials", 0)))
+
+
+def library_for(package: ModelPackage, device: str, compile_missing: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """The library to run: one cached for this CPU (compiled here on first use, or rebuilt by
+    ``hmseg-core tune``), else the package's own (:func:`select_library`), else, with ``compile_missing``,
+    one compiled now with the records of this CPU's ISA family. ``file`` is relative to the package
+    for the package's own libraries, absolute for cached ones."""
+    if device.startswith("cuda"):
+        return select_library(package, device)
+    target = host_target()
+    cached = library_cache.cached_library(package, target)
+    if cached is not None:
+        return cached
+    try:
+        return select_library(package, device)
+    except NoLibraryHere as e:
+        if not compile_missing:
+            raise
+        return library_cache.first_use_library(package, target, str(e), log)
 
 
 class TVMBackend:
@@ -55,15 +83,18 @@ class TVMBackend:
 
     The library is compiled for one input size; other sizes are resized to it (the
     Segmenter resizes the logits back to the image's size). An image of that size goes through
-    the library's whole-frame function (:meth:`labels`) when the package has one.
+    the library's whole-frame function (:meth:`labels`) when the package has one. A package without
+    a library for this CPU gets one compiled on first use (``compile_missing``; progress to ``log``, else
+    to :func:`hmseg_core.deploy.library_cache.set_compile_log`'s, else stderr), cached per machine.
     """
 
     name = "tvm"
 
-    def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0, compile_missing: bool = True,
+                 log: Optional[Callable[[str], None]] = None) -> None:
         package = require_package(self.name, model)
         installed = _installed_tvm()
-        lib = select_library(package, device)
+        lib = library_for(package, device, compile_missing, log)
         if lib.get("tvm") != installed:
             raise PackageError(
                 f"{package.root}: {lib['file']} was built with TVM {lib.get('tvm')}, this is TVM {installed}; "
@@ -72,7 +103,7 @@ class TVMBackend:
         import tvm
         from tvm import relax
 
-        path = package.path(lib["file"])
+        path = Path(lib["file"]) if lib.get("cached") else package.path(lib["file"])
         try:
             module = tvm.runtime.load_module(str(path))
         except Exception as e:  # the loader raises several types for unloadable shared objects

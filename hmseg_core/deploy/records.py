@@ -1,0 +1,159 @@
+"""Tuning records per ISA family: the ones hmseg ships, the user's own, and the old per-CPU folders.
+
+MetaSchedule finds a record by its *workload* (the structure of the kernel's TIR), never by the
+target it was tuned for, and replays the record's schedule without measuring it again. Records
+tuned under one ``mcpu`` therefore serve every CPU that runs the same instruction sets, so they
+are kept per ISA family (:func:`hmseg_core.deploy.targets.isa_family`)::
+
+    <root>/<family>/database_workload.json        MetaSchedule's JSONDatabase, one JSON per line
+    <root>/<family>/database_tuning_record.json
+
+Records come from, in the order they are preferred: the user's database (``--tuning-db``, default
+:func:`default_tuning_db`; tuning writes there), the user's folders of the old per-CPU layout
+(``<root>/llvm-x86_64-znver5/``) of the same family, read as they are, and the records that ship
+with hmseg beside the zoo's weights (:data:`SHIPPED_ROOT`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Set, Tuple
+
+from .targets import TargetDict, isa_family
+
+Log = Callable[[str], None]
+
+#: the records that ship with hmseg, one folder per ISA family
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "zoo" / "records"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+_announced: Set[Path] = set()
+
+
+def user_cache() -> Path:
+    """hmseg's folder in the user's cache: ``$XDG_CACHE_HOME/hmseg`` (``~/.cache/hmseg``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "hmseg"
+
+
+def default_tuning_db() -> Path:
+    """The user's tuning records: ``$XDG_CACHE_HOME/hmseg/tuning`` (``~/.cache/hmseg/tuning``)."""
+    return user_cache() / "tuning"
+
+
+def has_records(folder: Path) -> bool:
+    """Whether ``folder`` holds a MetaSchedule JSON database."""
+    return (folder / WORKLOADS).is_file() and (folder / RECORDS).is_file()
+
+
+def legacy_dirs(root: Path, target: TargetDict) -> List[Path]:
+    """Folders of the old per-target layout (``<root>/llvm-<arch>-<mcpu>/``) whose CPU is of ``target``'s family."""
+    if not root.is_dir() or target.get("kind") != "llvm":
+        return []
+    family = isa_family(target)
+    found = []
+    for folder in sorted(root.glob("llvm-*-*")):
+        _, arch, mcpu = folder.name.split("-", 2)
+        old = {"kind": "llvm", "mtriple": f"{arch}-linux-gnu", "mcpu": mcpu}
+        try:
+            same = has_records(folder) and isa_family(old) == family
+        except Exception:  # a CPU name this LLVM does not know: not ours to read
+            same = False
+        if same:
+            found.append(folder)
+    return found
+
+
+def repair(folder: Path, log: Log) -> None:
+    """Cut a line that a killed tuning run left half-written at the end of a database file.
+
+    MetaSchedule appends one JSON line per workload and per measured candidate; a process killed
+    in the middle of a line leaves a file that MetaSchedule refuses to load."""
+    for name in (WORKLOADS, RECORDS):
+        path = folder / name
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            continue
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        log(f"tuning records: cut a half-written last line from {path} (a tuning run was killed while writing)")
+
+
+@dataclass
+class RecordSet:
+    """The record folders one target reads, preferred first, and the one tuning writes to."""
+
+    family: str
+    writable: Optional[Path]
+    sources: List[Path] = field(default_factory=list)
+
+    def open(self, write: bool = False):
+        """``(database to query and apply, the writable JSONDatabase or None)``; ``(None, None)`` when
+        there is nothing to read. The writable folder is created only to ``write`` to it.
+
+        Several folders are read as one ``OrderedUnionDatabase``: a kernel takes the best record of
+        the first folder that has one, so the user's own measurements (made on this machine) win
+        over shipped ones measured elsewhere."""
+        from tvm.s_tir import meta_schedule as ms
+
+        databases, user = [], None
+        for folder in self.sources:
+            if folder == self.writable:
+                if not write and not has_records(folder):
+                    continue
+                folder.mkdir(parents=True, exist_ok=True)
+                user = ms.database.JSONDatabase(work_dir=str(folder))
+                databases.append(user)
+            else:
+                databases.append(ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=False))
+        if not databases:
+            return None, None
+        return (databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)), user
+
+    def readable(self) -> List[Path]:
+        """The folders that hold records now."""
+        return [f for f in self.sources if has_records(f)]
+
+
+def record_set(target: TargetDict, db_root: Optional[Path], shipped: bool = True, log: Log = lambda s: None) -> RecordSet:
+    """Where ``target``'s records are: ``db_root/<family>`` (written), old per-CPU folders of the
+    family under ``db_root`` and the shipped ``<family>`` folder (read). GPU targets have none
+    (they are compiled with DLight's default schedules)."""
+    family = isa_family(target)
+    if target.get("kind") != "llvm":
+        return RecordSet(family, None, [])
+    sources: List[Path] = []
+    writable = None
+    if db_root is not None:
+        writable = Path(db_root) / family
+        sources.append(writable)
+        for old in legacy_dirs(Path(db_root), target):
+            if old not in _announced:
+                _announced.add(old)
+                log(f"tuning records: reading {old} (old per-CPU layout) as part of ISA family {family}; "
+                    f"new records go to {writable}")
+            sources.append(old)
+    for folder in sources:
+        repair(folder, log)
+    if shipped and has_records(SHIPPED_ROOT / family):
+        sources.append(SHIPPED_ROOT / family)
+    return RecordSet(family, writable, sources)
+
+
+def prune(source: Path, destination: Path) -> Tuple[int, int]:
+    """Copy the best valid record of each workload from ``source`` to ``destination`` (a folder to
+    ship: the zoo's records are one record per kernel, not every candidate measured); returns
+    ``(records in source, records written)``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    src = ms.database.JSONDatabase(str(source / WORKLOADS), str(source / RECORDS), allow_missing=False)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOADS, RECORDS):
+        (destination / name).unlink(missing_ok=True)
+    dst = ms.database.JSONDatabase(work_dir=str(destination))
+    src.dump_pruned(dst)
+    return len(src), len(dst)

@@ -18,24 +18,12 @@ from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from hmseg_ros.launch_args import given_arguments
+
 # launch argument -> parameter type, per node; each is a key of that node's config file
 SEGMENT_ARGUMENTS = {"zoo": str, "model": str, "latency_budget_ms": float, "backend": str}
 REPLAY_ARGUMENTS = {"bag": str, "mode": str}
 EVALUATOR_ARGUMENTS = {"report_dir": str}
-
-
-def given(context, arguments: dict) -> dict:
-    """The arguments given on the command line (non-empty), converted to their parameter types."""
-    out = {}
-    for name, kind in arguments.items():
-        text = LaunchConfiguration(name).perform(context).strip()
-        if not text:
-            continue
-        try:
-            out[name] = kind(text)
-        except ValueError:
-            raise ValueError(f"launch argument {name}:={text!r}: expected a {kind.__name__}") from None
-    return out
 
 
 def _nodes(context, *args, **kwargs):
@@ -43,15 +31,15 @@ def _nodes(context, *args, **kwargs):
     replay_file = LaunchConfiguration("replay_params_file").perform(context)
     segment = Node(
         package="hmseg_ros", executable="hmseg_segment", name="hmseg_segment", output="screen",
-        parameters=[segment_file, given(context, SEGMENT_ARGUMENTS), {"input_topic": "/hmseg/replay/image", "qos": "reliable"}],
+        parameters=[segment_file, given_arguments(context, SEGMENT_ARGUMENTS), {"input_topic": "/hmseg/replay/image", "qos": "reliable"}],
     )
     replay = Node(
         package="hmseg_ros", executable="hmseg_replay", name="hmseg_replay", output="screen",
-        parameters=[replay_file, given(context, REPLAY_ARGUMENTS)],
+        parameters=[replay_file, given_arguments(context, REPLAY_ARGUMENTS)],
     )
     evaluator = Node(
         package="hmseg_ros", executable="hmseg_evaluator", name="hmseg_evaluator", output="screen",
-        parameters=[replay_file, given(context, EVALUATOR_ARGUMENTS)],
+        parameters=[replay_file, given_arguments(context, EVALUATOR_ARGUMENTS)],
     )
     done = RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[EmitEvent(event=Shutdown(reason="evaluation written"))]))
     return [segment, replay, evaluator, done]

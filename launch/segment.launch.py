@@ -20,22 +20,10 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from hmseg_ros.launch_args import given_arguments
+
 # launch argument -> parameter type; each is a key of config/segment.yaml
 ARGUMENTS = {"input_topic": str, "zoo": str, "model": str, "latency_budget_ms": float, "backend": str}
-
-
-def given_arguments(context, arguments=ARGUMENTS) -> dict:
-    """The arguments given on the command line (non-empty), converted to their parameter types."""
-    out = {}
-    for name, kind in arguments.items():
-        text = LaunchConfiguration(name).perform(context).strip()
-        if not text:
-            continue
-        try:
-            out[name] = kind(text)
-        except ValueError:
-            raise ValueError(f"launch argument {name}:={text!r}: expected a {kind.__name__}") from None
-    return out
 
 
 def _node(context, *args, **kwargs):
@@ -46,7 +34,7 @@ def _node(context, *args, **kwargs):
         namespace=LaunchConfiguration("namespace").perform(context),
         output="screen",
         # later entries win: the params file, then only the arguments actually given
-        parameters=[LaunchConfiguration("params_file").perform(context), given_arguments(context)],
+        parameters=[LaunchConfiguration("params_file").perform(context), given_arguments(context, ARGUMENTS)],
     )]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from ..checkpoint import atomic_save, inference_checkpoint, load_checkpoint, model_from_checkpoint
 from ..io import atomic_write_file, digest
 from .fold import fold_batchnorm
 from .package import CHECKPOINT, FORMAT, FORMAT_VERSION, FRAME_FUNCTION, ONNX, ONNX_LABELS, PARAMS, ModelPackage
@@ -212,9 +212,7 @@ def export_package(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, op
     log(f"exporting {source.name}: {ckpt['genotype'][:60]}... at {h}x{w}")
 
     # the torch backend's weights: the source checkpoint without training-only state
-    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
-    slim["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("boost.")}
-    atomic_save(slim, out / CHECKPOINT)
+    atomic_save(inference_checkpoint(ckpt), out / CHECKPOINT)
 
     state = net.state_dict()
     np.savez(out / PARAMS, **{f"p{i:04d}": state[n].detach().cpu().numpy() for i, n in enumerate(names)})

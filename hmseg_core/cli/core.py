@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from . import args as argtypes
@@ -119,6 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..checkpoint import model_from_checkpoint
     from ..config import load_config
+    from ..machine import time_calls
     from ..train import train
 
     out = Path(args.out)
@@ -131,14 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, _ = model_from_checkpoint(out / "best.pt")
     x = torch.randn(1, 3, 360, 480)
     with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(20):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    times.sort()
+        times = sorted(time_calls(lambda: model(x), 20, warmup=3))
     print(
         f"\n{cfg.model}: synthetic val mIoU {100 * summary['best_miou']:.1f} % after {summary['steps']} steps; "
         f"PyTorch eager latency at 360x480: median {times[len(times) // 2]:.1f} ms "

@@ -395,7 +395,10 @@ def test_replay_eval_launch_writes_the_report_with_the_users_params(ros2_env, ck
     make_bag(tmp_path / "drive", synthetic_drive(3, (H, W)), rate_hz=20)
     params = user_params(tmp_path / "seg.yaml", tmp_path, latency_budget_ms=30)
     report = tmp_path / "report"
-    with Launch(ros2_env, tmp_path / "replay.log", "replay_eval.launch.py", f"bag:={tmp_path / 'drive'}", f"model:={ckpt}",
+    # a DDS domain of its own: the pipeline's topics (/hmseg_segment/labels ...) must not meet nodes
+    # that other tests of this session may still be shutting down
+    env = {**ros2_env, "ROS_DOMAIN_ID": str((int(ros2_env.get("ROS_DOMAIN_ID", "0")) + 50) % 200 + 1)}
+    with Launch(env, tmp_path / "replay.log", "replay_eval.launch.py", f"bag:={tmp_path / 'drive'}", f"model:={ckpt}",
                 f"params_file:={params}", f"report_dir:={report}") as run:
         assert wait_for(lambda: run.proc.poll() is not None, timeout=240, period=0.5), run.output()
     assert run.proc.returncode == 0, run.output()

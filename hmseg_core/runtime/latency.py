@@ -88,12 +88,16 @@ class LatencyCache:
         group["entries"][key] = entry
         atomic_write_json(self.path, doc, indent=1)
 
-    def get(self, fp: Dict[str, object], key: str) -> Optional[LatencyStats]:
-        entry = self.get_entry(fp, key)
+    @staticmethod
+    def stats_of(entry: Optional[Dict[str, Any]]) -> Optional[LatencyStats]:
+        """The latency statistics an entry holds; None for no entry or a damaged one."""
         try:
             return LatencyStats(**{k: entry[k] for k in ("p50", "p95", "mean", "samples")}) if entry else None
         except (KeyError, TypeError):
             return None
+
+    def get(self, fp: Dict[str, object], key: str) -> Optional[LatencyStats]:
+        return self.stats_of(self.get_entry(fp, key))
 
     def put(self, fp: Dict[str, object], key: str, stats: LatencyStats, **extra: Any) -> None:
         self.put_entry(fp, key, {**asdict(stats), **extra})

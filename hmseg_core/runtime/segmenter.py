@@ -237,8 +237,8 @@ def choose_backend(
     problems: List[str] = []
     for name in names:
         fp = device_fingerprint(name, device)
-        stats = cache.get(fp, key) if cache else None
-        entry = cache.get_entry(fp, key) if cache and stats else None
+        entry = cache.get_entry(fp, key) if cache else None  # one read of the cache file per candidate
+        stats = LatencyCache.stats_of(entry)
         agreement = 1.0 if name == "torch" else (entry or {}).get("agreement")
         if stats is not None and (agreement is not None or not weigh):
             timings.append(BackendTiming(name, stats, agreement if weigh else None, True))

@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--zoo", help="model zoo index (default: the zoo shipped with hmseg, unless --checkpoint is given)")
     r.add_argument("--checkpoint", help="a single checkpoint (instead of --zoo)")
     r.add_argument("--budget", type=float, default=0.0, help="latency budget in ms (0: the most accurate variant)")
-    r.add_argument("--backend", default="auto", help="auto: packages on the fastest backend measured here that agrees with torch, checkpoints on torch")
+    r.add_argument("--backend", default="auto", help="auto (default): the fastest backend measured here whose labels agree with torch (checkpoints run on the compiled backends as their package, exported once into ~/.cache/hmseg)")
     r.add_argument("--mode", choices=["lockstep", "recorded"], default="lockstep",
                    help="lockstep: every frame waits for its prediction (exact mIoU); recorded: the bag's rate (stale frames drop)")
     r.add_argument("--rate-scale", type=float, default=1.0, help="recorded mode: playback speed factor")

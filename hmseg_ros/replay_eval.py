@@ -123,7 +123,8 @@ def run_replay_eval(
         rclpy.try_shutdown(context=context)
 
     if offline_check:
-        seg = Segmenter(variant.checkpoint, backend, segment.resize, segment.device, variant.name)
+        seg = Segmenter(variant.checkpoint, segment.segmenter.backend_name, segment.resize, segment.device, variant.name,
+                        size=segment.expected_size)
         rep.update(_offline_check(seg, bag, image_topic, label_topic, rep["confusion_matrix"]))
     paths = write_report(rep, out_dir)
     rep["report_files"] = {k: str(v) for k, v in paths.items()}

@@ -4,7 +4,7 @@ Subscribes ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) on ``input_to
 publishes, with the input's header:
 
 * ``~/labels``  mono8 class ids at the input size,
-* ``~/color``   rgb8 palette image,
+* ``~/color``   rgb8 palette image (only while someone subscribes: a palette lookup and 0.5 MB a frame at 360x480),
 * ``~/overlay`` rgb8 palette blended over the input (only while someone subscribes),
 * ``~/confidence`` mono8, 0-255: each pixel's softmax probability of its class times 255
   (computed only while someone subscribes: it costs a softmax, and a backend that runs the
@@ -76,6 +76,7 @@ from hmseg_core.runtime import (
     select_variant,
 )
 from hmseg_core.data.synthetic import render_street
+from hmseg_core.deploy import library_cache
 from hmseg_core.runtime.backends import backend_class
 from hmseg_core.runtime.latency import LatencyStats
 from hmseg_core.runtime.transforms import palette_lut
@@ -112,7 +113,7 @@ PARAMETERS = {
     "zoo": ("", _desc("model zoo index (YAML/JSON: name, checkpoint, miou per variant); empty: use 'model', or the zoo shipped with hmseg when both are empty", True)),
     "model": ("", _desc("a single checkpoint, used when 'zoo' is empty", True)),
     "latency_budget_ms": (0.0, _desc("p95 latency budget per frame in ms; picks the most accurate variant that fits; 0: no budget (most accurate)", False, 0.0, MAX_BUDGET_MS)),
-    "backend": (AUTO, _desc(f"inference backend: {AUTO} (a package on the fastest backend measured here whose labels agree with torch; checkpoints on torch), {', '.join(backend_names())}", True)),
+    "backend": (AUTO, _desc(f"inference backend: {AUTO} (the fastest backend measured here whose labels agree with torch; a checkpoint runs on the compiled backends as its package, exported once into ~/.cache/hmseg), {', '.join(backend_names())}", True)),
     "device": ("cpu", _desc("torch device for the torch backend (cpu, cuda, cuda:1)", True)),
     "threads": (0, _desc("intra-op CPU threads for inference; 0: library default", True, 0, 256)),
     "input_topic": ("camera/image_raw", _desc("sensor_msgs/Image topic to segment (relative names resolve in the node's namespace)", True)),
@@ -132,7 +133,7 @@ PARAMETERS = {
     "overhead_iterations": (10, _desc("timed runs of the node's own per-frame stages (decode, colour, message conversion) at start, added to every variant's latency before selecting; 0: rank by the network alone", True, 0, 1000)),
     "latency_cache": ("", _desc("latency cache file; empty: ~/.cache/hmseg/latency.json", True)),
     "publish_labels": (True, _desc("publish ~/labels")),
-    "publish_color": (True, _desc("publish ~/color")),
+    "publish_color": (True, _desc("publish ~/color while it has subscribers")),
     "publish_overlay": (True, _desc("publish ~/overlay while it has subscribers")),
     "publish_confidence": (True, _desc("publish ~/confidence while it has subscribers (a softmax per frame; whole-frame backends then take the network path)")),
     "max_input_pixels": (MAX_INPUT_PIXELS, _desc("frames with more pixels are scaled down to this many for the network; labels and confidence still come at the frame's size", True, 4096, 1 << 28)),
@@ -166,6 +167,8 @@ class SegmentNode(Node):
             self.zoo = ModelZoo.load(default_zoo_path())
         class_names = self.zoo.class_names()
         size = self.resize.size if self.resize.mode == "fixed" else (p["expected_height"], p["expected_width"])
+        self.expected_size = size
+        library_cache.set_compile_log(self.get_logger().info)  # first-use TVM compiles report through the node's log
         cache = LatencyCache(p["latency_cache"] or LatencyCache.default_path())
         self.measurements: List[Measurement] = measure_zoo(
             self.zoo, size, self.backend, self.resize, self.device, cache, p["measure_iterations"], log=self.get_logger().info
@@ -242,7 +245,8 @@ class SegmentNode(Node):
         return sel
 
     def _load(self, sel: Selection) -> Segmenter:
-        return Segmenter(sel.variant.checkpoint, sel.measurement.backend, self.resize, self.device, sel.variant.name, max_pixels=self.max_pixels)
+        return Segmenter(sel.variant.checkpoint, sel.measurement.backend, self.resize, self.device, sel.variant.name,
+                         max_pixels=self.max_pixels, size=self.expected_size, log=self.get_logger().info)
 
     def _announce(self, sel: Selection) -> None:
         self.pub_variant.publish(String(data=json.dumps(sel.to_dict())))
@@ -347,7 +351,7 @@ class SegmentNode(Node):
             send(self.pub_confidence, conf, "mono8")
         if self.get_parameter("publish_labels").value:
             send(self.pub_labels, labels, "mono8")
-        want_color = self.get_parameter("publish_color").value
+        want_color = self.get_parameter("publish_color").value and self.pub_color.get_subscription_count() > 0
         want_overlay = self.get_parameter("publish_overlay").value and self.pub_overlay.get_subscription_count() > 0
         if want_color or want_overlay:
             t = time.perf_counter()

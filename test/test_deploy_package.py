@@ -328,11 +328,11 @@ def test_fallback_to_torch_warns_and_still_segments(package_copy, package_dir):
     np.testing.assert_array_equal(seg(rgb), Segmenter(package_dir, backend="torch")(rgb))
 
 
-def test_deploy_backends_need_a_package(checkpoint):
-    from hmseg_core.runtime import BackendUnavailable
-
-    with pytest.raises(BackendUnavailable, match="hmseg-core export"):
+def test_a_checkpoint_on_tvm_needs_the_size_its_package_is_exported_at(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="give the frame size, a fixed resize policy, or a package .*hmseg-core export"):
         Segmenter(checkpoint, backend="tvm")
+    assert not (tmp_path / "hmseg").exists()  # refused before anything was exported
 
 
 def test_cli_tuning_records_default_to_the_users_cache(monkeypatch, tmp_path):

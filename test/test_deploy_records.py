@@ -250,3 +250,36 @@ def test_the_variants_of_a_zoo_are_tuned_together(checkpoint, tmp_path):
     one = Tuner(load_variants(checkpoint, SIZE), host_target(), tmp_path / "db", log=lambda s: None)
     assert [v.name for v in zoo.variants] == ["a", "b"] and set(zoo.tasks) == set(one.tasks)
     assert all(set(k.values()) <= set(zoo.tasks) for k in zoo.kernels) and zoo.key != one.key  # a state file each
+
+
+def test_tune_notes_the_networks_its_records_cover_and_ship_copies_the_note(checkpoint, tmp_path, monkeypatch):
+    """``auto`` compiles TVM on first use only for tuned networks (the kernels with records took at
+    least 90 % of the untuned frame): the tuner notes them in ``variants.json`` beside the records,
+    and shipping copies the note."""
+    from hmseg_core.deploy import records
+    from hmseg_core.deploy.autotune import Tuner, load_variants
+    from hmseg_core.tensor_layouts import DEFAULT_LAYOUT
+
+    tuner = Tuner(load_variants(checkpoint, SIZE), host_target(), tmp_path / "db", log=lambda s: None)
+    folder = tuner.records.writable
+    folder.mkdir(parents=True)
+    (folder / records.WORKLOADS).write_text("")
+    (folder / records.RECORDS).write_text("")
+    network = records.network_id(tuner.variants[0].genotype, SIZE, DEFAULT_LAYOUT)
+    keys = sorted(tuner.tasks)
+    tuner.state = {"tasks": {k: {"ms": 5.0 if k == keys[0] else 0.5 if k == keys[1] else 0.01} for k in keys}}
+    absent = {tuner.tasks[keys[0]].task_name}  # the costliest kernel has no record
+
+    class Query:  # the records as MetaSchedule answers for them: every task but those ``absent`` has one
+        def query_tuning_record(self, mod, target, name):
+            return None if name in absent else object()
+
+    monkeypatch.setattr(records.RecordSet, "open", lambda self, write=False: (Query(), None))
+    assert tuner.record_coverage() == [] and records.covered([folder]) == set()
+    absent.clear()
+    absent.add(tuner.tasks[keys[1]].task_name)  # now only a cheap one lacks a record: under 10 % of the frame
+    assert tuner.record_coverage() == [tuner.variants[0].name] and records.covered([folder]) == {network}
+
+    monkeypatch.undo()
+    total, kept = records.prune(folder, tmp_path / "ship" / "fam")
+    assert (total, kept) == (0, 0) and records.covered([tmp_path / "ship" / "fam"]) == {network}

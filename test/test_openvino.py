@@ -76,8 +76,8 @@ def test_bf16_is_an_explicit_backend_of_its_own(package):
 
 
 def test_errors_name_the_fix(package, checkpoint, tmp_path):
-    with pytest.raises(BackendUnavailable, match="hmseg-core export"):
-        Segmenter(checkpoint, backend="openvino")  # a checkpoint is not a package
+    with pytest.raises(ValueError, match="give the frame size, a fixed resize policy, or a package .*hmseg-core export"):
+        Segmenter(checkpoint, backend="openvino")  # a checkpoint runs as its package, exported at a size it does not know
     with pytest.raises(BackendUnavailable, match="runs on the CPU"):
         Segmenter(package, backend="openvino", device="cuda")
     bare = tmp_path / "bare"

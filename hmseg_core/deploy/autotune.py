@@ -37,6 +37,7 @@ from .tuning import (TuningOptions, _measuring_threads, _persistent_builder, _pr
 Log = Callable[[str], None]
 DECAY = 0.5           # a task's priority is halved for every turn in a row that did not improve it
 IMPROVED = 0.99       # a turn improves a task when its best time falls below this share of the last best
+COVERED = 0.9         # a variant is tuned when its kernels with records took this share of its untuned frame
 
 
 def _stderr(msg: str) -> None:
@@ -52,6 +53,7 @@ class Variant:
     graphs: Graphs
     package: Optional[ModelPackage]
     layout: str
+    genotype: str = ""
 
 
 def load_variants(spec: str | Path, input_size: Tuple[int, int] = (360, 480)) -> List[Variant]:
@@ -71,10 +73,12 @@ def load_variants(spec: str | Path, input_size: Tuple[int, int] = (360, 480)) ->
     for name, where in entries:
         if is_package(where):
             package = ModelPackage.load(where)
-            variants.append(Variant(name, package.input_size, export_graphs(package.checkpoint(), package.input_size), package,
-                                    package_layout(package)))
+            ckpt = package.checkpoint()
+            variants.append(Variant(name, package.input_size, export_graphs(ckpt, package.input_size), package,
+                                    package_layout(package), ckpt["genotype"]))
         else:
-            variants.append(Variant(name, input_size, export_graphs(load_checkpoint(where), input_size), None, DEFAULT_LAYOUT))
+            ckpt = load_checkpoint(where)
+            variants.append(Variant(name, input_size, export_graphs(ckpt, input_size), None, DEFAULT_LAYOUT, ckpt["genotype"]))
     return variants
 
 
@@ -186,6 +190,30 @@ class Tuner:
         if not open_:
             return None
         return max(open_, key=lambda k: (self.estimate(k) or 1e-6) * DECAY ** self.state["tasks"][k]["stale"])
+
+    def record_coverage(self) -> List[str]:
+        """Note in the user's records folder which variants are now tuned: the kernels with a record
+        took at least :data:`COVERED` of the variant's profiled frame time (tuning goes to the costly
+        ones first; the rest keep TVM's default schedules). ``backend: auto`` reads the note to know
+        that a library compiled on first use would be tuned. Returns their names."""
+        import tvm
+
+        from .records import add_coverage, network_id
+
+        query, _ = self.records.open()
+        if query is None:
+            return []
+        target = tvm.target.Target(self.target)
+        has = {k: query.query_tuning_record(t.dispatched[0], target, t.task_name) is not None for k, t in self.tasks.items()}
+        ms = {k: float(t["ms"]) for k, t in self.state.get("tasks", {}).items()}
+        done = []
+        for v, kernels in zip(self.variants, self.kernels):
+            keys = set(kernels.values()) & set(self.tasks)
+            total = sum(ms.get(k, 0.0) for k in keys)
+            if total > 0 and sum(ms.get(k, 0.0) for k in keys if has[k]) >= COVERED * total:
+                done.append(v)
+        add_coverage(self.records.writable, [network_id(v.genotype, v.input_size, v.layout) for v in done])
+        return [v.name for v in done]
 
     # ------------------------------------------------------------------ tuning
     def _best_ms(self, database, key: str) -> Optional[float]:
@@ -310,6 +338,11 @@ def tune(spec: str | Path, minutes: Optional[float], db_root: Path, max_trials: 
         f"records in {tuner.records.writable}")
     tuner.profile()
     state = tuner.run(minutes, max_trials, chunk)
+    state["covered"] = tuner.record_coverage()
+    missing = [v.name for v in variants if v.name not in state["covered"]]
+    if missing:
+        log(f"tune: the kernels with records take less than {COVERED:.0%} of the frame of {', '.join(missing)}: "
+            "give it more time (backend auto compiles only tuned networks)")
     state.pop("final_frame_ms", None)  # from an earlier run's build
     if build:
         state["final_frame_ms"] = {}

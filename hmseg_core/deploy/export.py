@@ -12,13 +12,16 @@ already has the package's input size.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import logging
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,15 +83,32 @@ class FramePath(nn.Module):
         return self.net(x.permute(0, 3, 1, 2)).argmax(1).to(torch.uint8)
 
 
+@contextlib.contextmanager
+def quiet_torch_export() -> Iterator[None]:
+    """torch.export and torch.onnx without their chatter: deprecation warnings from PyTorch's own
+    internals and the ONNX exporter's notes on torchvision ops it cannot register. A log (a node's
+    above all) should say what hmseg does, once, not how the exporter works; errors still raise."""
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        onnx_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            onnx_log.setLevel(level)
+
+
 def export_program(net: nn.Module, input_size: Tuple[int, int]) -> torch.export.ExportedProgram:
     example = torch.zeros(1, 3, *input_size)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torch_export():
         return torch.export.export(net, (example,))
 
 
 def export_frame_program(frame: FramePath, input_size: Tuple[int, int]) -> torch.export.ExportedProgram:
     example = torch.zeros(1, *input_size, 3, dtype=torch.uint8)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torch_export():
         return torch.export.export(frame, (example,))
 
 
@@ -104,7 +124,8 @@ def to_relax(program: torch.export.ExportedProgram):
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    mod = from_exported_program(program, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    with quiet_torch_export():  # it runs PyTorch's decompositions, which warn about PyTorch's own internals
+        mod = from_exported_program(program, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, _ = relax.frontend.detach_params(mod)
     return mod
 
@@ -161,10 +182,10 @@ def compile_library(mod, target: TargetDict, out_path: Path, tuning: TuningOptio
 
 
 def _onnx(net: nn.Module, example: torch.Tensor, out_path: Path, output: str) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torch_export():
         torch.onnx.export(
             net, (example,), str(out_path), input_names=["image"], output_names=[output],
-            opset_version=ONNX_OPSET, dynamo=True, external_data=False,
+            opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False,
         )
 
 

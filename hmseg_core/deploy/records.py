@@ -29,6 +29,8 @@ Log = Callable[[str], None]
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "zoo" / "records"
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
+#: the networks the folder's records were tuned for (:meth:`~.autotune.Tuner.record_coverage`)
+COVERAGE = "variants.json"
 _announced: Set[Path] = set()
 
 
@@ -144,6 +146,33 @@ def record_set(target: TargetDict, db_root: Optional[Path], shipped: bool = True
     return RecordSet(family, writable, sources)
 
 
+def network_id(genotype: str, input_size: Tuple[int, int], layout: str) -> str:
+    """A network as tuning sees it: its kernels follow from the genotype, the input size and the layout."""
+    return f"{genotype}|{int(input_size[0])}x{int(input_size[1])}|{layout}"
+
+
+def covered(folders: List[Path]) -> Set[str]:
+    """The :func:`network_id` of every network that the records in ``folders`` were tuned for."""
+    import json
+
+    out: Set[str] = set()
+    for folder in folders:
+        try:
+            doc = json.loads((Path(folder) / COVERAGE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("networks"), list):
+            out.update(str(n) for n in doc["networks"])
+    return out
+
+
+def add_coverage(folder: Path, networks: List[str]) -> None:
+    """Record in ``folder`` that it covers ``networks`` (merged with what it listed)."""
+    from ..io import atomic_write_json
+
+    atomic_write_json(Path(folder) / COVERAGE, {"networks": sorted(covered([folder]) | set(networks))}, indent=1)
+
+
 def prune(source: Path, destination: Path) -> Tuple[int, int]:
     """Copy the best valid record of each workload from ``source`` to ``destination`` (a folder to
     ship: the zoo's records are one record per kernel, not every candidate measured); returns
@@ -156,4 +185,6 @@ def prune(source: Path, destination: Path) -> Tuple[int, int]:
         (destination / name).unlink(missing_ok=True)
     dst = ms.database.JSONDatabase(work_dir=str(destination))
     src.dump_pruned(dst)
+    (destination / COVERAGE).unlink(missing_ok=True)
+    add_coverage(destination, sorted(covered([source])))
     return len(src), len(dst)

@@ -16,14 +16,38 @@ from ..data.synthetic import render_street
 from ..deploy.package import ModelPackage, PackageError
 from ..evaluate import postprocess, preprocess
 from ..machine import retain_freed_memory
-from .backends import AUTO, BackendUnavailable, backend_class, create_backend, installed
+from .backends import AUTO, REQUIRES, BackendUnavailable, backend_class, create_backend, installed
 from .latency import LatencyCache, LatencyStats, device_fingerprint, measure_latency
-from .source import ModelSource, is_package
+from .derived import can_export, derived_package
+from .source import ModelSource, is_package, load_model
 from .transforms import ResizePolicy, Timings, enlarge_nearest, fit_pixels, labels_and_confidence, palette_lut, shrink
 
 #: share of labels a backend must give exactly as torch does, on probe street scenes, to stand in
 #: for it under ``auto`` (FP32 backends give 100 %; OpenVINO's bf16 about 99 %, so it never does)
 AGREEMENT = 0.999
+
+
+def _network_size(resize: ResizePolicy, size: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    """The network's input size for frames of ``size`` (None: the native policy and no size given)."""
+    return resize.size if resize.mode == "fixed" else (None if size is None else resize.network_size(size))
+
+
+def runnable_model(model: str | os.PathLike, backend: str, resize: ResizePolicy = ResizePolicy(),
+                   size: Optional[Tuple[int, int]] = None, log: Optional[Callable[[str], None]] = None) -> Path:
+    """What ``backend`` runs for ``model``: the model itself, or for a checkpoint file on a compiled
+    backend the package exported from it at its network size (the fixed policy's, else ``size``'s)."""
+    model = Path(model)
+    if not getattr(backend_class(backend), "needs_package", False) or is_package(model) or not model.is_file():
+        return model
+    network = _network_size(resize, size)
+    if network is None:
+        raise ValueError(f"{model}: the {backend} backend runs a model package exported at the network's input size; "
+                         f"give the frame size, a fixed resize policy, or a package (`hmseg-core export`)")
+    if not installed(backend):  # before exporting anything
+        raise BackendUnavailable(f"the {backend} backend needs the Python package {REQUIRES[backend]}, which is not installed here")
+    if not can_export():
+        raise BackendUnavailable(f"{model}: running a checkpoint on {backend} needs its ONNX export: pip install 'hmseg[onnx]'")
+    return derived_package(model, network, log)
 
 
 class Segmenter:
@@ -44,11 +68,17 @@ class Segmenter:
         whole_frame: bool = True,
         latency_cache: Optional[LatencyCache] = None,
         max_pixels: int = 0,
+        size: Optional[Tuple[int, int]] = None,
+        log: Optional[Callable[[str], None]] = None,
     ) -> None:
         """``checkpoint``: a checkpoint file or dict, or a model package directory (``hmseg-core export``).
-        ``backend`` (``None`` or ``"auto"``): torch for a checkpoint; for a package the fastest backend measured
-        on this machine whose labels agree with torch's (:func:`choose_backend`, at the package's input size;
-        measured once, then read from ``latency_cache``, by default :meth:`LatencyCache.default_path`). With
+        ``backend`` (``None`` or ``"auto"``): the fastest backend measured on this machine whose labels agree
+        with torch's (:func:`choose_backend`, at a package's input size, else at ``size``; measured once, then read
+        from ``latency_cache``, by default :meth:`LatencyCache.default_path`); torch for a checkpoint given with
+        no ``size`` (nor a fixed resize policy). A checkpoint file on a compiled backend (ONNX Runtime, OpenVINO,
+        TVM) runs as the package exported from it at its network size (:func:`~.derived.derived_package`,
+        cached; ``size`` is the frames' size, needed under the native resize policy; ``log`` hears about a
+        first export or compile). With
         ``fallback`` a backend that cannot run here (not installed, or a library that does not fit this
         machine) is replaced by torch, with a warning.
         ``whole_frame``: let a backend that can run pre-processing, network and argmax in one call do so
@@ -59,13 +89,16 @@ class Segmenter:
             raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
         retain_freed_memory()
         if backend in (None, AUTO):
-            if isinstance(checkpoint, dict) or not is_package(checkpoint):
+            package = not isinstance(checkpoint, dict) and is_package(checkpoint)
+            frame = ModelPackage.load(checkpoint).input_size if package else (size or _network_size(resize, size))
+            if isinstance(checkpoint, dict) or frame is None:
                 backend = "torch"
             else:
                 cache = latency_cache or LatencyCache(LatencyCache.default_path())
-                size = ModelPackage.load(checkpoint).input_size
-                backend = choose_backend(checkpoint, size, AUTO, resize, device, cache).backend
+                backend = choose_backend(checkpoint, frame, AUTO, resize, device, cache, log=log or (lambda s: None)).backend
         backend_class(backend)  # an unknown name fails before anything is loaded
+        if not isinstance(checkpoint, dict):
+            checkpoint = runnable_model(checkpoint, backend, resize, size, log)
         model = ModelSource(checkpoint) if isinstance(checkpoint, dict) else ModelSource.load(checkpoint)
         self.source = None if model.path is None else str(model.path)
         self.name = name or (model.path.stem if model.path else "model")
@@ -187,18 +220,45 @@ class BackendChoice:
         return "; ".join(parts)
 
 
-def candidate_backends(model: str | os.PathLike) -> List[str]:
-    """The backends ``auto`` weighs for ``model``: torch for a checkpoint; for a package also tvm (when it
-    has a library), onnxruntime and openvino FP32 (when it has the ONNX exports), where installed."""
-    if not is_package(model):
-        return ["torch"]
-    package = ModelPackage.load(model)
+def candidate_backends(model: str | os.PathLike, size: Optional[Tuple[int, int]] = None,
+                       resize: ResizePolicy = ResizePolicy()) -> List[str]:
+    """The backends ``auto`` weighs for ``model`` on frames of ``size``, where installed: torch;
+    onnxruntime and openvino FP32 for a package with ONNX exports, or for a checkpoint file (run as
+    the package exported from it at its network size, :func:`runnable_model`; not without a size);
+    tvm for a package with a library, or where a library compiled here on first use would be tuned
+    (:func:`tvm_compilable`). An untuned library is never compiled for ``auto``: it would be many
+    times slower than the others, after minutes of compiling."""
     names = ["torch"]
-    if package.libraries and installed("tvm"):
+    if not is_package(model):
+        network = _network_size(resize, size)
+        if network is None or not can_export():
+            return names
+        names += [n for n in ("onnxruntime", "openvino") if installed(n)]
+        if installed("tvm") and tvm_compilable(load_model(model)["genotype"], network):
+            names.insert(1, "tvm")
+        return names
+    package = ModelPackage.load(model)
+    if installed("tvm") and (package.libraries or tvm_compilable(package.metadata["genotype"], package.input_size)):
         names.append("tvm")
     if package.onnx is not None:
         names += [n for n in ("onnxruntime", "openvino") if installed(n)]
     return names
+
+
+def tvm_compilable(genotype: str, input_size: Tuple[int, int]) -> bool:
+    """Whether a TVM library of the network compiled here on first use would be tuned: compiling on
+    first use is on, and the tuning records of this CPU's ISA family (shipped with hmseg, or the
+    user's) were tuned for ``genotype`` at ``input_size`` (``hmseg-core tune`` notes it in their
+    folder: :meth:`hmseg_core.deploy.autotune.Tuner.record_coverage`)."""
+    from ..deploy.library_cache import compile_enabled
+    from ..deploy.records import covered, default_tuning_db, network_id, record_set
+    from ..deploy.targets import host_target
+    from ..tensor_layouts import DEFAULT_LAYOUT
+
+    if not compile_enabled():
+        return False
+    folders = record_set(host_target(), default_tuning_db()).readable()
+    return network_id(genotype, input_size, DEFAULT_LAYOUT) in covered(folders)
 
 
 def _agreement(segmenter: Segmenter, reference: Segmenter, size: Tuple[int, int], scenes: int = 2) -> float:
@@ -229,7 +289,7 @@ def choose_backend(
     among those that agree (:data:`AGREEMENT`) wins, so an untuned TVM library slower than another
     backend is never picked. A named backend is measured alone. Results are kept in ``cache`` per
     device fingerprint and read from it next time."""
-    names = candidate_backends(model) if backend in (None, AUTO) else [backend]
+    names = candidate_backends(model, size, resize) if backend in (None, AUTO) else [backend]
     key = LatencyCache.entry_key(model, size, resize)
     weigh = len(names) > 1
     reference: Optional[Segmenter] = None
@@ -244,7 +304,7 @@ def choose_backend(
             timings.append(BackendTiming(name, stats, agreement if weigh else None, True))
             continue
         try:
-            seg = Segmenter(model, name, resize, device)
+            seg = Segmenter(model, name, resize, device, size=size, log=log)
         except (BackendUnavailable, PackageError) as e:
             if not weigh:
                 raise
@@ -254,7 +314,7 @@ def choose_backend(
         log(f"measuring {Path(model).name} on {name} at {size[0]}x{size[1]} ({iterations} runs)")
         stats = measure_latency(seg, size, iterations, warmup)
         if weigh and name != "torch":
-            reference = reference or Segmenter(model, "torch", resize, device)
+            reference = reference or Segmenter(model, "torch", resize, device, size=size)
             agreement = _agreement(seg, reference, size)
         if cache:
             cache.put(fp, key, stats, **({"agreement": agreement} if weigh else {}))
@@ -265,4 +325,4 @@ def choose_backend(
     return BackendChoice(min(eligible, key=lambda t: t.latency.p50), tuple(timings))
 
 
-__all__ = ["AGREEMENT", "BackendChoice", "BackendTiming", "Segmenter", "candidate_backends", "choose_backend"]
+__all__ = ["AGREEMENT", "BackendChoice", "BackendTiming", "Segmenter", "candidate_backends", "choose_backend", "runnable_model", "tvm_compilable"]

@@ -10,6 +10,8 @@ network) sets ``frame_size`` to the image size it takes and has ``labels(rgb) ->
 :data:`BACKENDS` maps a name to ``"module:Class"`` (imported on first use, so naming a backend
 costs nothing until it runs) or to a class. To add a backend, write a class with the
 constructor ``(model: ModelSource, device: str)`` in a module of this package and add its entry.
+A backend that runs model packages only sets ``needs_package = True``: a checkpoint given to it
+runs as the package exported from it (:mod:`hmseg_core.runtime.derived`).
 """
 
 from __future__ import annotations

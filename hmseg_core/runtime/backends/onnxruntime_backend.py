@@ -15,6 +15,7 @@ class OnnxRuntimeBackend:
     """ONNX Runtime session over the BN-folded network at the package's input size."""
 
     name = "onnxruntime"
+    needs_package = True  # a checkpoint runs as its exported package (runtime.derived)
 
     def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0) -> None:
         package = require_package(self.name, model)

@@ -20,6 +20,7 @@ class OpenVINOBackend:
     """OpenVINO compiled models of ``model.onnx`` (the network) and ``labels.onnx`` (the whole frame)."""
 
     name = "openvino"
+    needs_package = True  # a checkpoint runs as its exported package (runtime.derived)
     precision = "f32"
 
     def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0) -> None:

@@ -89,6 +89,7 @@ class TVMBackend:
     """
 
     name = "tvm"
+    needs_package = True  # a checkpoint runs as its exported package (runtime.derived)
 
     def __init__(self, model: ModelSource, device: str = "cpu", threads: int = 0, compile_missing: bool = True,
                  log: Optional[Callable[[str], None]] = None) -> None:

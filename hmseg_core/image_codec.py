@@ -76,12 +76,19 @@ def pixels(img: RawImage) -> np.ndarray:
 
 
 def to_rgb(img: RawImage) -> np.ndarray:
-    """Any supported encoding -> contiguous RGB uint8 (H, W, 3)."""
+    """Any supported encoding -> contiguous RGB uint8 (H, W, 3).
+
+    An rgb8 payload with packed rows in a writable buffer (a ROS message's) comes back as a view of
+    it, not a copy (read it, do not write to it). The channel orders are slices, not an index list:
+    numpy's fancy indexing took 1.5 ms for a 360x480 frame, against nothing for the view and
+    0.9 ms for a reversed slice."""
     px = pixels(img)
     _, order = ENCODINGS[img.encoding]
     if order is None:
         return np.ascontiguousarray(np.repeat(px, 3, axis=2))
-    return np.ascontiguousarray(px[..., list(order)])
+    channels = slice(0, 3) if order == (0, 1, 2) else slice(2, None, -1)
+    rgb = np.ascontiguousarray(px[..., channels])
+    return rgb if rgb.flags.writeable else rgb.copy()  # read-only bytes (a bag's): an array consumers may hand to torch
 
 
 def to_mono(img: RawImage) -> np.ndarray:

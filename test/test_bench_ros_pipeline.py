@@ -33,7 +33,9 @@ def test_bench_ros_pipeline_smoke(tmp_path):
     for key in ("cpu", "cores", "variant", "backend", "network_only", "stamp_to_labels_ms", "output_hz", "labels_received",
                 "camera_published", "node", "stages_ms"):
         assert key in rep, key
-    assert rep["cpu"] and rep["variant"] == "tiny" and rep["backend"] == "torch" and rep["node_exit"] == 0
+    assert rep["cpu"] and rep["variant"] == "tiny" and rep["node_exit"] == 0
+    assert rep["backend"] in ("torch", "onnxruntime", "openvino", "tvm")  # auto: the fastest measured here
+    assert rep["network_only"]["backend"] == rep["backend"] and rep["ready_s"] > 0 and rep["fresh_cache"] is False
     assert rep["labels_received"] > 0 and rep["output_hz"] > 0 and rep["camera_published"] > 0
     assert rep["network_only"]["segment_ms"]["p50"] > 0 and rep["network_only"]["runs"] == 5
     assert 0 < rep["stamp_to_labels_ms"]["p50"] <= rep["stamp_to_labels_ms"]["p95"]

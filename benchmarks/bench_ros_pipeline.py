@@ -291,6 +291,9 @@ def _wait(pred, timeout: float, proc: Optional[subprocess.Popen] = None, period:
 def run(args) -> Dict[str, Any]:
     from hmseg_core.machine import cpu_model, usable_cores
 
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started as a background job: the node must still hear Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     tmp = Path(tempfile.mkdtemp(prefix="bench_ros_pipeline_"))
     env = ros_env(tmp)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})  # the probe in this process too

@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import torch
 torch.set_num_threads(1)
 # latency caches and the like go to a folder of this test session (children inherit it), never ~/.cache
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hmseg-test-cache-")
+# A shell starts a background job (`pytest ... &`) with SIGINT ignored, and children inherit that:
+# `ros2 launch` would then ignore the Ctrl-C the launch tests send it. Restore the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -332,3 +332,14 @@ def test_a_header_claiming_a_huge_image_allocates_nothing():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
+
+
+def test_a_slow_spell_moves_one_block_of_a_measurement_not_its_p95():
+    steady = [10.0] * 21
+    spell = steady[:7] + [40.0, 45.0] + steady[9:]  # two stalls in a row, as when another process wakes up
+    assert LatencyStats.from_samples(spell).p95 > 39.0  # the plain p95 of 21 samples: the stalls decide it
+    robust = LatencyStats.from_samples(spell, blocks=3)
+    assert robust.p95 == 10.0 and robust.p50 == 10.0 and robust.samples == 21
+    periodic = [40.0 if i % 4 == 0 else 10.0 for i in range(21)]  # a real cost every 4th frame is kept
+    assert LatencyStats.from_samples(periodic, blocks=3).p95 == 40.0
+    assert LatencyStats.from_samples([5.0, 7.0], blocks=3).p95 == LatencyStats.from_samples([5.0, 7.0]).p95  # too few to split

@@ -75,7 +75,7 @@ def measure_zoo(
 def measure_overhead(stages: Callable[[], Any], iterations: int = 10, warmup: int = 2) -> LatencyStats:
     """Milliseconds per call of ``stages``: a node's own work per frame besides the network (decode,
     colour, message conversion), run on a synthetic frame after ``warmup`` untimed calls."""
-    return LatencyStats.from_samples(time_calls(stages, iterations, warmup))
+    return LatencyStats.from_samples(time_calls(stages, iterations, warmup), blocks=3)
 
 
 def add_overhead(measurements: Sequence[Measurement], overhead: Optional[LatencyStats]) -> List[Measurement]:

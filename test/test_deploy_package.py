@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deploy_testing import TwoConvs
 from torch import nn
 
 from hmseg_core.checkpoint import atomic_save, make_checkpoint
@@ -394,16 +395,6 @@ def test_zoo_of_packages_runs_on_tvm_and_reads_accuracy_from_metadata(package_di
     assert m.latency.samples == 2 and m.backend == "tvm"
 
 
-class _TwoConvs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.b = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
-
-
 def test_tuning_records_are_stored_and_reused_and_the_tuned_module_is_correct(tmp_path):
     from tvm import relax
 
@@ -412,7 +403,7 @@ def test_tuning_records_are_stored_and_reused_and_the_tuned_module_is_correct(tm
     from hmseg_core.deploy.tuning import TRANSFORM_PARAMS, TuningOptions, tune_and_apply
 
     torch.manual_seed(0)
-    net = _TwoConvs().eval()
+    net = TwoConvs().eval()
     program = export_program(net, (16, 16))
     target = host_target(num_cores=1)
     options = TuningOptions(trials=4, trials_per_task=2, db_root=tmp_path / "records")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from deploy_testing import TwoConvs
 
 from hmseg_core.checkpoint import atomic_save, make_checkpoint
 from hmseg_core.deploy.targets import isa_features
@@ -58,16 +58,6 @@ def test_isa_family_is_the_instruction_sets_not_the_cpu_name():
     assert set(cpu_features(X86("icelake-server"))) <= set(cpu_features(X86("znver5")))
 
 
-class _TwoConvs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.b = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
-
-
 def _other_mcpu_of_this_family():
     """Another LLVM CPU with the host's ISA family whose instruction sets this CPU has (its code runs here)."""
     host = host_target(num_cores=1)
@@ -98,7 +88,7 @@ def test_records_tuned_under_one_mcpu_apply_to_another_of_the_same_family(tmp_pa
 
     tuned_for, other = _other_mcpu_of_this_family()
     torch.manual_seed(0)
-    net = _TwoConvs().eval()
+    net = TwoConvs().eval()
     program = export_program(net, (16, 16))
     db = tmp_path / "records"
     family = isa_family(tuned_for)
@@ -224,7 +214,7 @@ def test_a_tiny_network_compiles_for_cuda_with_dlight_schedules(tmp_path):
     from hmseg_core.deploy.tuning import tune_and_apply
 
     target = cuda_target("sm_80")
-    mod, report = tune_and_apply(to_relax(export_program(_TwoConvs().eval(), (16, 16))), target, TuningOptions(trials=8), log=lambda s: None)
+    mod, report = tune_and_apply(to_relax(export_program(TwoConvs().eval(), (16, 16))), target, TuningOptions(trials=8), log=lambda s: None)
     assert report.schedules == "dlight" and report.trials == 0
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert kernels and all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in kernels)

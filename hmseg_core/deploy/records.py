@@ -71,15 +71,18 @@ def repair(folder: Path, log: Log) -> None:
     """Cut a line that a killed tuning run left half-written at the end of a database file.
 
     MetaSchedule appends one JSON line per workload and per measured candidate; a process killed
-    in the middle of a line leaves a file that MetaSchedule refuses to load."""
+    in the middle of a line leaves a file that MetaSchedule refuses to load. Only the last byte is
+    read of a whole file (the folder is looked at on every start that weighs TVM, and a user's
+    database of every measured candidate grows to megabytes)."""
     for name in (WORKLOADS, RECORDS):
         path = folder / name
         if not path.is_file() or path.stat().st_size == 0:
             continue
-        data = path.read_bytes()
-        if data.endswith(b"\n"):
-            continue
-        keep = data.rfind(b"\n") + 1
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                continue
+        keep = path.read_bytes().rfind(b"\n") + 1
         with open(path, "r+b") as f:
             f.truncate(keep)
         log(f"tuning records: cut a half-written last line from {path} (a tuning run was killed while writing)")

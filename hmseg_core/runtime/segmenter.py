@@ -229,18 +229,18 @@ def candidate_backends(model: str | os.PathLike, size: Optional[Tuple[int, int]]
     (:func:`tvm_compilable`). An untuned library is never compiled for ``auto``: it would be many
     times slower than the others, after minutes of compiling."""
     names = ["torch"]
-    if not is_package(model):
-        network = _network_size(resize, size)
-        if network is None or not can_export():
+    if is_package(model):
+        package = ModelPackage.load(model)
+        network, has_library, has_onnx = package.input_size, bool(package.libraries), package.onnx is not None
+        genotype = lambda: package.metadata["genotype"]  # noqa: E731
+    else:
+        network, has_library, has_onnx = _network_size(resize, size), False, True
+        if network is None or not can_export():  # every compiled backend runs the package exported from it
             return names
-        names += [n for n in ("onnxruntime", "openvino") if installed(n)]
-        if installed("tvm") and tvm_compilable(load_model(model)["genotype"], network):
-            names.insert(1, "tvm")
-        return names
-    package = ModelPackage.load(model)
-    if installed("tvm") and (package.libraries or tvm_compilable(package.metadata["genotype"], package.input_size)):
+        genotype = lambda: load_model(model)["genotype"]  # noqa: E731  (read only when TVM is weighed)
+    if installed("tvm") and (has_library or tvm_compilable(genotype(), network)):
         names.append("tvm")
-    if package.onnx is not None:
+    if has_onnx:
         names += [n for n in ("onnxruntime", "openvino") if installed(n)]
     return names
 

@@ -122,6 +122,15 @@ def test_records_tuned_under_one_mcpu_apply_to_another_of_the_same_family(tmp_pa
     monkeypatch.setattr(records, "SHIPPED_ROOT", shipped)
     _, from_zoo = tune_and_apply(to_relax(program), other, TuningOptions(), log=lambda s: None)
     assert from_zoo.tasks_reused == first.tasks and from_zoo.sources == [str(shipped / family)]
+    # $HMSEG_SHIPPED_RECORDS names another folder, or none at all (a CPU family hmseg ships nothing for)
+    monkeypatch.setattr(records, "SHIPPED_ROOT", tmp_path / "nowhere")
+    monkeypatch.setenv("HMSEG_SHIPPED_RECORDS", str(shipped))
+    _, named = tune_and_apply(to_relax(program), other, TuningOptions(), log=lambda s: None)
+    assert named.tasks_reused == first.tasks and named.sources == [str(shipped / family)]
+    monkeypatch.setenv("HMSEG_SHIPPED_RECORDS", "none")
+    monkeypatch.setattr(records, "SHIPPED_ROOT", shipped)
+    _, bare = tune_and_apply(to_relax(program), other, TuningOptions(), log=lambda s: None)
+    assert bare.tasks_reused == 0 and not bare.sources
 
 
 @pytest.fixture(scope="module")

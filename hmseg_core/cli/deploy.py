@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("model", help="model package directory, checkpoint, or zoo index (.yaml): its variants are tuned together")
     t.add_argument("--minutes", type=float, default=0, help="wall-time budget, over every run of the same command")
     t.add_argument("--max-trials", type=int, default=None, help="stop after this many trials in all (also over reruns)")
-    t.add_argument("--chunk", type=int, default=16, help="trials a task gets per turn")
+    t.add_argument("--chunk", type=int, default=32, help="trials a task gets per turn (one round of the search)")
     t.add_argument("--tuning-db", help="where the records go, one sub-directory per ISA family (default ~/.cache/hmseg/tuning)")
     t.add_argument("--input-size", type=argtypes.size, default=(360, 480), metavar="HxW", help="input size of checkpoints (packages have theirs)")
     t.add_argument("--threads", type=int, default=None, help="cores the network runs on (default: all of this machine's)")

@@ -31,8 +31,8 @@ from ..io import atomic_write_json, digest_json
 from .export import Graphs, build_library, export_graphs, relax_module
 from .package import ModelPackage
 from .targets import TargetDict, host_arch, target_arch, target_key
-from .tuning import (TuningOptions, _measuring_threads, _persistent_builder, _progress_callback, cpu_intrinsics_only, extract_tasks,
-                     lower, per_frame_module)
+from .tuning import (TRIALS_PER_ROUND, TuningOptions, _measuring_threads, _persistent_builder, _progress_callback, cpu_intrinsics_only,
+                     extract_tasks, lower, measuring_runner, per_frame_module)
 
 Log = Callable[[str], None]
 DECAY = 0.5           # a task's priority is halved for every turn in a row that did not improve it
@@ -250,7 +250,7 @@ class Tuner:
             user.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, tvm_target, args))
             self.log(f"tune: {task.task_name}: the shipped record measured here first")
 
-    def run(self, minutes: Optional[float], max_trials: Optional[int] = None, chunk: int = 16, max_per_task: int = 1000) -> Dict[str, Any]:
+    def run(self, minutes: Optional[float], max_trials: Optional[int] = None, chunk: int = TRIALS_PER_ROUND, max_per_task: int = 1000) -> Dict[str, Any]:
         """Tune until ``minutes`` (over every run of this state; None: no limit) are spent, or ``max_trials`` in all."""
         from tvm.s_tir import meta_schedule as ms
 
@@ -269,7 +269,7 @@ class Tuner:
         per_trial = float(self.state.get("s_per_trial", 0.0))
         try:
             with _measuring_threads(threads):
-                runner = ms.runner.LocalRunner()
+                runner = measuring_runner()
                 cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=threads)
                 while True:
                     trials_left = None if max_trials is None else max_trials - self.state["trials"]
@@ -293,7 +293,7 @@ class Tuner:
                         [self.tasks[key]], str(self.records.writable), num_threads=threads, seed=self.state["trials"])
                     progress = _progress_callback(n, lambda s: None)
                     ms.tune_tasks(tasks=contexts, task_weights=[1.0], work_dir=str(self.records.writable), max_trials_global=n,
-                                  max_trials_per_task=n, num_trials_per_iter=min(n, 8), builder=builder, runner=runner,
+                                  max_trials_per_task=n, num_trials_per_iter=min(n, TRIALS_PER_ROUND), builder=builder, runner=runner,
                                   database=user, cost_model=cost_model, task_scheduler="round-robin",
                                   measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress])
                     best = self._best_ms(user, key)
@@ -319,7 +319,7 @@ class Tuner:
         return self.state
 
 
-def tune(spec: str | Path, minutes: Optional[float], db_root: Path, max_trials: Optional[int] = None, chunk: int = 16,
+def tune(spec: str | Path, minutes: Optional[float], db_root: Path, max_trials: Optional[int] = None, chunk: int = TRIALS_PER_ROUND,
          input_size: Tuple[int, int] = (360, 480), threads: Optional[int] = None, build: bool = True,
          log: Log = _stderr) -> Dict[str, Any]:
     """``hmseg-core tune``: tune the tasks of ``spec``'s variants for this CPU, then rebuild their libraries.

@@ -11,7 +11,7 @@ are kept per ISA family (:func:`hmseg_core.deploy.targets.isa_family`)::
 Records come from, in the order they are preferred: the user's database (``--tuning-db``, default
 :func:`default_tuning_db`; tuning writes there), the user's folders of the old per-CPU layout
 (``<root>/llvm-x86_64-znver5/``) of the same family, read as they are, and the records that ship
-with hmseg beside the zoo's weights (:data:`SHIPPED_ROOT`).
+with hmseg beside the zoo's weights (:func:`shipped_root`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ _announced: Set[Path] = set()
 def user_cache() -> Path:
     """hmseg's folder in the user's cache: ``$XDG_CACHE_HOME/hmseg`` (``~/.cache/hmseg``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "hmseg"
+
+
+def shipped_root() -> Optional[Path]:
+    """The records that ship with hmseg: ``$HMSEG_SHIPPED_RECORDS`` when set (``none``: no shipped
+    records at all, as on a CPU family hmseg has none for; the way to measure tuning from scratch),
+    else :data:`SHIPPED_ROOT`."""
+    env = os.environ.get("HMSEG_SHIPPED_RECORDS")
+    if env is None:
+        return SHIPPED_ROOT
+    return None if env.strip().lower() in ("", "none") else Path(env).expanduser()
 
 
 def default_tuning_db() -> Path:
@@ -144,8 +154,9 @@ def record_set(target: TargetDict, db_root: Optional[Path], shipped: bool = True
             sources.append(old)
     for folder in sources:
         repair(folder, log)
-    if shipped and has_records(SHIPPED_ROOT / family):
-        sources.append(SHIPPED_ROOT / family)
+    root = shipped_root() if shipped else None
+    if root is not None and has_records(root / family):
+        sources.append(root / family)
     return RecordSet(family, writable, sources)
 
 

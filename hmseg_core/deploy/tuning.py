@@ -80,6 +80,21 @@ def trials_per_round(options: TuningOptions, tasks: int) -> int:
     return max(1, min(64, options.trials_per_task, options.trials // max(1, 2 * tasks)))
 
 
+#: Candidates measured per round of MetaSchedule's evolutionary search. A round's sampling and
+#: evolving take ~12 s on a 2-core CPU whatever it then sends to be measured, so 8 a round cost
+#: 2.1 s a trial and 32 cost 0.5-0.8 s, with records as fast (docs/RESULTS.md, 2026-12-02).
+TRIALS_PER_ROUND = 32
+#: A candidate is timed for at least this long (TVM's default, 100 ms, is most of a trial's measuring).
+MIN_REPEAT_MS = 40
+
+
+def measuring_runner():
+    """MetaSchedule's local runner, timing each candidate ``number=3`` times for at least :data:`MIN_REPEAT_MS`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=MIN_REPEAT_MS))
+
+
 def _progress_callback(total: int, log: Log):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -318,6 +333,7 @@ def tune_and_apply(mod, target: TargetDict, options: TuningOptions, log: Log = l
                     max_trials_per_task=min(options.trials_per_task, options.trials),
                     num_trials_per_iter=trials_per_round(options, len(todo)),
                     builder=builder,
+                    runner=measuring_runner(),
                     database=user,
                     measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [progress],
                 )

@@ -41,7 +41,7 @@ from hmseg_core.deploy.export import ExportOptions, export_package  # noqa: E402
 from hmseg_core.deploy.package import ModelPackage  # noqa: E402
 from hmseg_core.deploy.targets import cpu_features, cuda_target, host_target, isa_family  # noqa: E402
 from hmseg_core.deploy.tuning import TuningOptions  # noqa: E402
-from hmseg_core.runtime import Segmenter  # noqa: E402
+from hmseg_core.runtime import Segmenter, device_fingerprint  # noqa: E402
 
 X86 = lambda mcpu: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": 1}  # noqa: E731
 #: x86 CPUs of each ISA family, for a second mcpu of the host's family
@@ -168,6 +168,20 @@ def test_a_package_without_a_library_compiles_one_on_first_use_into_the_cache(ch
         lines.clear()
         again = Segmenter(out, backend="tvm")  # a later start loads the cached library
         assert lines == [] and again.backend.library["file"] == str(so)
+
+        # new records (a tuning run's, or a new hmseg's shipped ones) make the library and TVM's measured latency out of date
+        fp = device_fingerprint("tvm")
+        user = library_cache.default_tuning_db() / isa_family(host_target())
+        user.mkdir(parents=True)
+        (user / "database_tuning_record.json").write_text("")
+        assert device_fingerprint("tvm") != fp and device_fingerprint("torch") == device_fingerprint("torch")
+        assert library_cache.cached_library(package, host_target()) is None
+        lines.clear()
+        Segmenter(out, backend="tvm")
+        assert any("tuning records changed since the cached library was compiled" in line for line in lines), lines
+        lines.clear()
+        Segmenter(out, backend="tvm")
+        assert lines == []
     finally:
         library_cache.set_compile_log(None)
 

@@ -32,7 +32,7 @@ from .export import Graphs, build_library, export_graphs, relax_module
 from .package import ModelPackage
 from .targets import TargetDict, host_arch, target_arch, target_key
 from .tuning import (TRIALS_PER_ROUND, TuningOptions, _measuring_threads, _persistent_builder, _progress_callback, cpu_intrinsics_only,
-                     extract_tasks, lower, measuring_runner, per_frame_module)
+                     extract_tasks, lower, measuring_runner, per_frame_module, search_strategy)
 
 Log = Callable[[str], None]
 DECAY = 0.5           # a task's priority is halved for every turn in a row that did not improve it
@@ -290,7 +290,8 @@ class Tuner:
                     # MetaSchedule's task tables to its log files only; each call resets the console's level to the logger's
                     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
                     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                        [self.tasks[key]], str(self.records.writable), num_threads=threads, seed=self.state["trials"])
+                        [self.tasks[key]], str(self.records.writable), strategy=search_strategy(), num_threads=threads,
+                        seed=self.state["trials"])
                     progress = _progress_callback(n, lambda s: None)
                     ms.tune_tasks(tasks=contexts, task_weights=[1.0], work_dir=str(self.records.writable), max_trials_global=n,
                                   max_trials_per_task=n, num_trials_per_iter=min(n, TRIALS_PER_ROUND), builder=builder, runner=runner,

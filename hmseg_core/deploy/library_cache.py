@@ -10,6 +10,9 @@ to the user's cache, never into the package (which may be read-only)::
     $XDG_CACHE_HOME/hmseg/libraries/<package digest>/<target key>.json   its metadata entry
 
 Later starts load the cached library; ``hmseg-core tune`` rebuilds it with the records it adds.
+An entry notes the records it was compiled with (:func:`~.records.records_state`): once they
+change (a new hmseg ships new records, a tuning run adds to the user's), the library is out of
+date and the next first use compiles it again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..io import atomic_write_json, digest, digest_json
 from .package import CHECKPOINT, PARAMS, ModelPackage, PackageError
-from .records import default_tuning_db, user_cache
+from .records import default_tuning_db, records_state, user_cache
 from .targets import TargetDict, target_key
 from .tuning import TuningOptions
 
@@ -72,9 +75,9 @@ def cache_paths(package: ModelPackage, target: TargetDict) -> tuple:
     return folder / f"{key}.so", folder / f"{key}.json"
 
 
-def cached_library(package: ModelPackage, target: TargetDict) -> Optional[Dict[str, Any]]:
-    """The metadata entry of the cached library (``file`` is its absolute path), or None when there
-    is none, or it was built by another TVM, or its file does not match its digest."""
+def _cache_entry(package: ModelPackage, target: TargetDict) -> tuple:
+    """``(entry, why)``: the metadata entry of the cached library (``file`` is its absolute path), or
+    None and why it cannot be used (None when there is no entry at all)."""
     import json
 
     import tvm
@@ -83,10 +86,21 @@ def cached_library(package: ModelPackage, target: TargetDict) -> Optional[Dict[s
     try:
         entry = json.loads(meta.read_text())
     except (OSError, ValueError):
-        return None
-    if entry.get("tvm") != tvm.__version__ or not so.is_file() or digest(so) != entry.get("sha256"):
-        return None
-    return entry
+        return None, None
+    if entry.get("tvm") != tvm.__version__:
+        return None, f"the cached library was built by TVM {entry.get('tvm')}"
+    if not so.is_file() or digest(so) != entry.get("sha256"):
+        return None, "the cached library's file is missing or damaged"
+    if entry.get("records") != records_state(entry.get("records_db"), entry.get("records_shipped", True)):
+        return None, "the tuning records changed since the cached library was compiled"
+    return entry, None
+
+
+def cached_library(package: ModelPackage, target: TargetDict) -> Optional[Dict[str, Any]]:
+    """The metadata entry of the cached library (``file`` is its absolute path), or None when there
+    is none, or it was built by another TVM, its file does not match its digest, or the tuning
+    records it was compiled with have changed."""
+    return _cache_entry(package, target)[0]
 
 
 def compile_into_cache(package: ModelPackage, target: TargetDict, tuning: Optional[TuningOptions] = None,
@@ -105,7 +119,9 @@ def compile_into_cache(package: ModelPackage, target: TargetDict, tuning: Option
                                f"than {PARAMS}; export the package again with this hmseg")
         executable, entry = build_library(relax_module(graphs, package.input_size), target, tuning, log)
     write_library(executable, target, so)
-    entry = {**entry, "file": str(so), "sha256": digest(so), "package": package_digest(package), "cached": True}
+    entry = {**entry, "file": str(so), "sha256": digest(so), "package": package_digest(package), "cached": True,
+             "records_db": str(tuning.db_root) if tuning.db_root is not None else None, "records_shipped": tuning.shipped,
+             "records": records_state(tuning.db_root, tuning.shipped)}
     atomic_write_json(meta, entry)
     log(f"{package.root.name}: library for {target_key(target)} cached in {so}")
     return entry
@@ -115,14 +131,14 @@ def first_use_library(package: ModelPackage, target: TargetDict, reason: str, lo
     """The cached library for ``target``, compiled now if there is none (the package has no library
     this machine runs: ``reason``)."""
     log = log or _log
-    entry = cached_library(package, target)
+    entry, stale = _cache_entry(package, target)
     if entry is not None:
         return entry
     if not compile_enabled():
         raise PackageError(f"{reason} (compiling on first use is off: {COMPILE_ENV}=0)")
     so, _ = cache_paths(package, target)
-    log(f"{package.root.name}: no TVM library for this machine ({reason.split(': ', 1)[-1].split('; build')[0]}); "
-        f"compiling one for {target_key(target)} now, once (cached in {so.parent})")
+    why = stale or f"no TVM library for this machine ({reason.split(': ', 1)[-1].split('; build')[0]})"
+    log(f"{package.root.name}: {why}; compiling one for {target_key(target)} now, once (cached in {so.parent})")
     return compile_into_cache(package, target, log=log)
 
 

@@ -49,6 +49,24 @@ def shipped_root() -> Optional[Path]:
     return None if env.strip().lower() in ("", "none") else Path(env).expanduser()
 
 
+def records_state(db_root: Optional[Path], shipped: bool = True) -> str:
+    """A short digest of the records a library compiled here gets: the shipped ones (their
+    contents; with ``shipped``) and the user's database under ``db_root`` (each record file's size
+    and modification time, which every tuning run changes; None: no database). A cached library
+    or a latency measured with other records is out of date: a new hmseg ships new records, and
+    ``hmseg-core tune`` adds to the user's."""
+    from ..io import digest, digest_json
+
+    root = shipped_root() if shipped else None
+    ours = sorted((str(f.relative_to(root)), digest(f)) for f in root.glob(f"*/{RECORDS}")) if root is not None and root.is_dir() else []
+    mine = []
+    if db_root is not None and Path(db_root).is_dir():
+        for f in sorted(Path(db_root).glob(f"*/{RECORDS}")):
+            st = f.stat()
+            mine.append((str(f.relative_to(db_root)), st.st_size, st.st_mtime_ns))
+    return digest_json({"shipped": ours, "user": mine})[:16]
+
+
 def default_tuning_db() -> Path:
     """The user's tuning records: ``$XDG_CACHE_HOME/hmseg/tuning`` (``~/.cache/hmseg/tuning``)."""
     return user_cache() / "tuning"

@@ -88,6 +88,19 @@ TRIALS_PER_ROUND = 32
 MIN_REPEAT_MS = 40
 
 
+#: MetaSchedule's evolutionary search as tuning runs it. TVM's defaults (population 512, 4
+#: generations) cost 0.8-1.4 s a trial here; half the population and 2 generations 0.45-0.55 s, and
+#: 30 minutes from no records then gave a frame of 13.2-15.5 ms against 16.9 (docs/RESULTS.md).
+SEARCH = {"population_size": 256, "genetic_num_iters": 2}
+
+
+def search_strategy():
+    """The evolutionary search with :data:`SEARCH`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(**SEARCH)
+
+
 def measuring_runner():
     """MetaSchedule's local runner, timing each candidate ``number=3`` times for at least :data:`MIN_REPEAT_MS`."""
     from tvm.s_tir import meta_schedule as ms

@@ -18,8 +18,15 @@ from .transforms import ResizePolicy
 
 def device_fingerprint(backend: str, device: str = "cpu", threads: Optional[int] = None) -> Dict[str, object]:
     """:func:`hmseg_core.machine.fingerprint` of ``backend`` on a torch ``device`` string: what a latency
-    measured here is kept under."""
-    return fingerprint(backend, torch_target(device), threads)
+    measured here is kept under. TVM on a CPU adds the state of the tuning records its libraries
+    are compiled with (:func:`~hmseg_core.deploy.records.records_state`), so the records of a new
+    hmseg, or of a tuning run, are measured again rather than judged by the old library's time."""
+    extra: Dict[str, Any] = {}
+    if backend == "tvm" and not device.startswith("cuda"):
+        from ..deploy.records import default_tuning_db, records_state
+
+        extra["tuning_records"] = records_state(default_tuning_db())
+    return fingerprint(backend, torch_target(device), threads, **extra)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def build_and_profile(variant: Variant, target: TargetDict, db_root: Path, runs:
     tuning = TuningOptions(db_root=db_root, layout=variant.layout)
     executable, entry = build_library(relax_module(variant.graphs, variant.input_size), target, tuning, log=lambda s: None)
     if cache and variant.package is not None:
-        compile_into_cache(variant.package, target, log=log, executable=executable, entry=entry)
+        compile_into_cache(variant.package, target, tuning, log=log, executable=executable, entry=entry)
     device = tvm.cpu(0)
     vm = relax.VirtualMachine(executable, device)
     frame = entry["frame"]

@@ -90,7 +90,8 @@ MIN_REPEAT_MS = 40
 
 #: MetaSchedule's evolutionary search as tuning runs it. TVM's defaults (population 512, 4
 #: generations) cost 0.8-1.4 s a trial here; half the population and 2 generations 0.45-0.55 s, and
-#: 30 minutes from no records then gave a frame of 13.2-15.5 ms against 16.9 (docs/RESULTS.md).
+#: 30 minutes from no records then gave a frame of 13.2-15.5 ms against 16.9 ms with the defaults
+#: (docs/RESULTS.md). Only ``hmseg-core tune`` runs it; ``export --trials`` keeps TVM's defaults.
 SEARCH = {"population_size": 256, "genetic_num_iters": 2}
 
 

@@ -9,9 +9,10 @@ with ``--no-launch`` as the console script; this process subscribes to ``~/label
 
 Before the camera starts, the network alone is timed here, in this process (``Segmenter.segment``
 after a warm-up, same frames, the variant and backend the node announced on ``~/variant``, the
-node's thread count). Then it reports network-only and stamp -> labels p50/p95, the output rate,
-the node's counters (received, processed, dropped) and its per-stage p50/p95 from its last
-``/diagnostics``, with the CPU model, as a Markdown table (and ``--json OUT``).
+node's thread count), back to back and paced at the camera's rate. Then it reports network-only
+and stamp -> labels p50/p95, the output rate, the node's counters (received, processed, dropped),
+its per-stage p50/p95 from its last ``/diagnostics``, and the CPU each process and thread used
+while frames flowed, with the CPU model, as a Markdown table (and ``--json OUT``).
 
     python benchmarks/bench_ros_pipeline.py --rate 30 --seconds 60 --threads 2 --json runs/ros_pipeline.json
     python benchmarks/bench_ros_pipeline.py --model runs/m.pt --data-root data/camvid --no-launch
@@ -179,8 +180,10 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
 
 
 # ---------------------------------------------------------------------------- this process: network alone, subscriber
-def time_network(checkpoint: str, backend: str, frames: List[np.ndarray], threads: int, runs: int, warmup: int = 5) -> Dict[str, Any]:
-    """``Segmenter.segment`` over ``frames`` here after ``warmup`` calls: its wall time and its network part."""
+def time_network(checkpoint: str, backend: str, frames: List[np.ndarray], threads: int, runs: int, rate: float, warmup: int = 5) -> Dict[str, Any]:
+    """``Segmenter.segment`` over ``frames`` here after ``warmup`` calls, back to back and then paced
+    at the camera's ``rate`` (a sleep until the next frame is due, as the node idles between frames:
+    caches and cores go cold, so each frame takes longer): wall time and its network part."""
     import torch
 
     from hmseg_core.runtime import Segmenter
@@ -190,13 +193,20 @@ def time_network(checkpoint: str, backend: str, frames: List[np.ndarray], thread
     seg = Segmenter(checkpoint, backend, size=frames[0].shape[:2])  # a checkpoint on a compiled backend: its cached package
     for i in range(warmup):
         seg.segment(frames[i % len(frames)])
-    total, net = [], []
-    for i in range(runs):
-        t = time.perf_counter()
-        _, timings = seg.segment(frames[i % len(frames)])
-        total.append(1e3 * (time.perf_counter() - t))
-        net.append(timings.inference)
-    return {"backend": seg.backend_name, "runs": runs, "segment_ms": percentiles(total), "inference_ms": percentiles(net)}
+    out: Dict[str, Any] = {"backend": seg.backend_name, "runs": runs, "rate_hz": rate}
+    for mode, period in (("", 0.0), ("paced_", 1.0 / rate)):
+        total, net = [], []
+        t0 = time.monotonic()
+        for i in range(runs):
+            t = time.perf_counter()
+            _, timings = seg.segment(frames[i % len(frames)])
+            total.append(1e3 * (time.perf_counter() - t))
+            net.append(timings.inference)
+            pause = t0 + (i + 1) * period - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        out[f"{mode}segment_ms"], out[f"{mode}inference_ms"] = percentiles(total), percentiles(net)
+    return out
 
 
 def percentiles(ms: List[float]) -> Optional[Dict[str, float]]:
@@ -287,6 +297,54 @@ def _wait(pred, timeout: float, proc: Optional[subprocess.Popen] = None, period:
     return bool(pred())
 
 
+# ---------------------------------------------------------------------------- where the CPU goes
+def _ticks(stat_path: Path) -> Optional[Tuple[str, int]]:
+    """(name, utime + stime in clock ticks) of one /proc stat file; None when it has gone."""
+    try:
+        text = stat_path.read_text()
+    except OSError:
+        return None
+    name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    return name, int(rest[11]) + int(rest[12])
+
+
+def cpu_snapshot(pids: Dict[str, List[int]]) -> Dict[Tuple[str, str], int]:
+    """CPU ticks so far of every thread of the processes in ``pids`` (role -> pids), keyed by
+    (role, "thread name/thread id")."""
+    out: Dict[Tuple[str, str], int] = {}
+    for role, group in pids.items():
+        for pid in group:
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                got = _ticks(task / "stat")
+                if got is not None:
+                    key = (role, f"{got[0]}/{task.name}")
+                    out[key] = out.get(key, 0) + got[1]
+    return out
+
+
+def session_pids(leader: int) -> List[int]:
+    """The processes of the session ``leader`` started (``ros2 launch`` and the node it runs)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == leader:  # the session id
+            out.append(int(stat.parent.name))
+    return out
+
+
+def cpu_use(before: Dict[Tuple[str, str], int], after: Dict[Tuple[str, str], int], seconds: float) -> Dict[str, Any]:
+    """Per role and per thread name: the share of one core used between two snapshots, in %."""
+    hz = os.sysconf("SC_CLK_TCK")
+    threads = {f"{role}: {name}": 100.0 * (after[k] - before.get(k, 0)) / hz / seconds for k in after for role, name in [k]}
+    roles: Dict[str, float] = {}
+    for k, v in threads.items():
+        roles[k.split(":")[0]] = roles.get(k.split(":")[0], 0.0) + v
+    return {"seconds": seconds, "roles_pct": roles, "threads_pct": dict(sorted(threads.items(), key=lambda kv: -kv[1]))}
+
+
 # ---------------------------------------------------------------------------- the run
 def run(args) -> Dict[str, Any]:
     from hmseg_core.machine import cpu_model, usable_cores
@@ -318,12 +376,17 @@ def run(args) -> Dict[str, Any]:
             from hmseg_core.runtime import ModelZoo, default_zoo_path
 
             checkpoint = str(ModelZoo.load(args.zoo or default_zoo_path()).get(variant["variant"]).checkpoint)
-        network = time_network(checkpoint, variant["backend"], frames, args.threads, args.network_runs)
+        network = time_network(checkpoint, variant["backend"], frames, args.threads, args.network_runs, args.rate)
 
         spec = dict(topic=CAMERA_TOPIC, rate=args.rate, seconds=args.seconds, size=list(args.size), data_root=args.data_root, qos=args.qos)
         cam_env = dict(env, OMP_NUM_THREADS="1")
         camera = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--camera-child", json.dumps(spec)], env=cam_env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        roles = lambda: {"node": session_pids(node.pid), "camera": [camera.pid], "this process": [os.getpid()]}  # noqa: E731
+        _wait(lambda: bool(probe.labels), 120.0, camera)  # frames flow: the camera's start-up (loading frames) is not counted
+        cpu_from, cpu_t0 = cpu_snapshot(roles()), time.monotonic()
+        _wait(lambda: camera.poll() is not None, max(1.0, args.seconds - 2.0))  # ... nor its exit
+        cpu = cpu_use(cpu_from, cpu_snapshot(roles()), time.monotonic() - cpu_t0)
         out, err = camera.communicate(timeout=args.seconds + 180)
         if camera.returncode != 0:
             raise RuntimeError(f"the camera failed ({camera.returncode}):\n{err[-3000:]}")
@@ -354,6 +417,7 @@ def run(args) -> Dict[str, Any]:
         "node": {"received": count("frames_received"), "processed": count("frames_processed"), "dropped": count("frames_dropped"),
                  "node_overhead_p95_ms": None if diag.get("node_overhead_p95_ms", "n/a") == "n/a" else float(diag["node_overhead_p95_ms"])},
         "stages_ms": stages_from(probe.stage_diagnostics),  # the camera process may take longer to exit than the window
+        "cpu_use": cpu,
         "node_exit": code,
         "node_log": str(node_log),
     }
@@ -371,6 +435,7 @@ def markdown(rep: Dict[str, Any]) -> str:
         "| measure | p50 ms | p95 ms |", "| --- | ---: | ---: |",
         f"| network alone (Segmenter.segment, this process) | {f(net['segment_ms']['p50'])} | {f(net['segment_ms']['p95'])} |",
         f"| of which the network call | {f(net['inference_ms']['p50'])} | {f(net['inference_ms']['p95'])} |",
+        f"| network alone, paced at {rep['rate_hz']:g} Hz (idle between frames, as in the node) | {f(net['paced_segment_ms']['p50'])} | {f(net['paced_segment_ms']['p95'])} |",
         f"| stamp -> labels (camera process -> node -> here) | {f(e2e.get('p50'))} | {f(e2e.get('p95'))} |",
         "",
         f"Start: {rep['ready_s']:.1f} s from launch to the node's variant announcement (ready for the first frame)"
@@ -388,6 +453,11 @@ def markdown(rep: Dict[str, Any]) -> str:
     for name in stage_order(rep["stages_ms"]):
         s = rep["stages_ms"][name]
         lines.append(f"| {name} | {f(s.get('p50_ms'))} | {f(s.get('p95_ms'))} |")
+    use = rep["cpu_use"]
+    lines += ["", f"CPU use while frames flowed ({use['seconds']:.0f} s; 100 % = one core of {rep['cores']}): "
+              + ", ".join(f"{r} {v:.0f} %" for r, v in use["roles_pct"].items()), "",
+              "| process: thread | CPU % |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in use["threads_pct"].items() if v >= 0.5]
     return "\n".join(lines)
 
 
@@ -410,7 +480,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="inference threads, in the node and for the network-only timing")
     p.add_argument("--qos", choices=("sensor_data", "reliable"), default="sensor_data", help="camera and node input QoS")
     p.add_argument("--no-launch", action="store_true", help="run the node's console script instead of ros2 launch (no colcon build)")
-    p.add_argument("--network-runs", type=int, default=50, help="timed Segmenter.segment calls for the network-only figure")
+    p.add_argument("--network-runs", type=int, default=100, help="timed Segmenter.segment calls for each network-only figure")
     p.add_argument("--measure-iterations", type=int, default=20, help="the node's measure_iterations")
     p.add_argument("--latency-cache", default="", help="the node's latency cache (default: its own)")
     p.add_argument("--fresh-cache", action="store_true",

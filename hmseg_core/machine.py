@@ -116,6 +116,16 @@ def _version(module: str) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------- threads
+# How long an idle worker of TVM's thread pool polls for its next task (sched_yield calls) before
+# it sleeps: ``TVM_THREAD_POOL_SPIN_COUNT``, read when the pool starts. TVM's default, 300000,
+# keeps a worker polling through the whole gap between camera frames: a node running mrms_tiny
+# at 30 Hz used 150 % of the 2 cores, a third of it polling, taken from the DDS threads, the
+# camera driver and every other process on the robot. 10000 (~1 ms of polling) spans the gaps
+# between the kernels of a frame, not those between frames: 107 % at the same latency, back to
+# back and paced (docs/RESULTS.md). A value in the environment wins.
+TVM_SPIN_COUNT = 10000
+
+
 def use_tvm_threads(threads: int) -> int:
     """Run TVM's CPU kernels on ``threads`` threads; returns the count TVM's pool now uses.
 
@@ -125,7 +135,8 @@ def use_tvm_threads(threads: int) -> int:
     while ONNX Runtime and PyTorch used both (mrms_tiny at 360x480, tuned: 16.0 ms against 10.0 ms
     on two threads, docs/RESULTS.md). ``runtime.config_threadpool`` lowers the count of a running
     pool but cannot raise it above the pool's size, so the variable is set before the pool starts
-    (it also reaches the processes started from here: MetaSchedule's measuring workers).
+    (it also reaches the processes started from here: MetaSchedule's measuring workers), and with
+    it ``TVM_THREAD_POOL_SPIN_COUNT`` (:data:`TVM_SPIN_COUNT`) unless the environment sets one.
     Starting the pool, and ``config_threadpool``, pin the calling thread to one core, and every
     thread started from it afterwards (PyTorch's OpenMP pool, ONNX Runtime's, DDS threads) would
     inherit that pin, so the caller's affinity is restored at once. Raises ImportError without TVM."""
@@ -134,6 +145,7 @@ def use_tvm_threads(threads: int) -> int:
     import tvm
 
     os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(TVM_SPIN_COUNT))
     saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     pool_threads = tvm.get_global_func("runtime.NumThreads")
     try:

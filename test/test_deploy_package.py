@@ -521,7 +521,7 @@ def test_setting_tvm_threads_leaves_this_threads_cpu_affinity_alone():
 
 # TVM's thread pool is sized once per process, so each case runs in a fresh one
 THREADS_CHILD = """
-import json, sys, warnings
+import json, os, sys, warnings
 import tvm
 from hmseg_core.machine import use_tvm_threads
 pool = tvm.get_global_func("runtime.NumThreads")
@@ -530,7 +530,8 @@ if sys.argv[1] == "started":
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     used = use_tvm_threads(int(sys.argv[2]))
-print(json.dumps({"used": used, "pool": pool(), "warnings": [str(w.message) for w in caught]}))
+print(json.dumps({"used": used, "pool": pool(), "warnings": [str(w.message) for w in caught],
+                  "spin": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT")}))
 """
 
 
@@ -539,17 +540,27 @@ def _tvm_child(code, *args, **env):
     import subprocess
     import sys
 
-    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")}
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env={**clean, **env}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_tvm_runs_on_the_requested_threads_not_its_default_of_half_the_cpus():
+    from hmseg_core.machine import TVM_SPIN_COUNT
+
+    spin = str(TVM_SPIN_COUNT)
     fresh = _tvm_child(THREADS_CHILD, "fresh", 2)
-    assert fresh == {"used": 2, "pool": 2, "warnings": []}  # TVM alone would start 1 on a 2- or 3-CPU x86 machine
+    assert fresh == {"used": 2, "pool": 2, "warnings": [], "spin": spin}  # TVM alone would start 1 on a 2- or 3-CPU x86 machine
     lowered = _tvm_child(THREADS_CHILD, "started", 2, TVM_NUM_THREADS="3")
-    assert lowered == {"used": 2, "pool": 2, "warnings": []}
+    assert lowered == {"used": 2, "pool": 2, "warnings": [], "spin": spin}
+
+
+def test_idle_tvm_workers_poll_briefly_unless_the_environment_says_otherwise():
+    from hmseg_core.machine import TVM_SPIN_COUNT
+
+    assert TVM_SPIN_COUNT < 300000  # TVM's own default polls through the gap between camera frames
+    assert _tvm_child(THREADS_CHILD, "fresh", 2, TVM_THREAD_POOL_SPIN_COUNT="123")["spin"] == "123"
 
 
 def test_a_pool_started_with_fewer_threads_is_reported_with_the_fix():

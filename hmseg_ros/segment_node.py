@@ -20,12 +20,14 @@ publishes, with the input's header:
 Topic names are relative (``camera/image_raw``) or private (``~/labels``), so a ``namespace``
 (``ros2 launch hmseg_ros segment.launch.py namespace:=front``) runs one node per camera.
 
-At start every variant of the model zoo is timed on this machine (cached per device
-fingerprint), the node's own per-frame work besides the network (decode, colour, message
-conversion; ``overhead_iterations`` runs on a synthetic frame of the expected size, not cached:
-it is cheap) is timed and added to each variant's latency, and the most accurate one whose p95
-then fits ``latency_budget_ms`` runs; setting that parameter at run time selects again and swaps
-the model without a restart.
+At start the node's own per-frame work besides the network (decode, colour, message conversion;
+``overhead_iterations`` runs on a synthetic frame of the expected size, not cached: it is cheap)
+is timed; then the variants of the model zoo are timed on this machine (cached per device
+fingerprint) from the most accurate down, each with that overhead added, until one's p95 fits
+``latency_budget_ms``; that one runs (:class:`hmseg_core.runtime.ZooLatencies`: the choice a
+measurement of every variant would give, at the cost of the variants it needs). Setting that
+parameter at run time selects again on the worker, between two frames, measuring any variant the
+new budget needs first, and swaps the model without a restart.
 
 Only the newest frame is kept: inference runs on a worker thread, and a frame that arrives
 while another is still waiting replaces it (counted as dropped), so a slow model never
@@ -61,19 +63,16 @@ from hmseg_core.runtime import (
     AUTO,
     FrameStream,
     LatencyCache,
-    Measurement,
     ModelZoo,
     ResizePolicy,
     Segmenter,
     Selection,
-    add_overhead,
+    ZooLatencies,
     backend_names,
     default_zoo_path,
     device_fingerprint,
     measure_overhead,
-    measure_zoo,
     overlay,
-    select_variant,
 )
 from hmseg_core.data.synthetic import render_street
 from hmseg_core.deploy import library_cache
@@ -158,7 +157,7 @@ class SegmentNode(Node):
         self.max_pixels = p["max_input_pixels"]
         self.frames_downscaled = 0
 
-        # model zoo: measure each variant here, then choose for the budget
+        # model zoo: the variants the budget needs are measured here (below), then one is chosen
         if p["zoo"]:
             self.zoo = ModelZoo.load(p["zoo"])
         elif p["model"]:
@@ -170,16 +169,15 @@ class SegmentNode(Node):
         self.expected_size = size
         library_cache.set_compile_log(self.get_logger().info)  # first-use TVM compiles report through the node's log
         cache = LatencyCache(p["latency_cache"] or LatencyCache.default_path())
-        self.measurements: List[Measurement] = measure_zoo(
-            self.zoo, size, self.backend, self.resize, self.device, cache, p["measure_iterations"], log=self.get_logger().info
-        )
         self.overhead: Optional[LatencyStats] = None
         if p["overhead_iterations"] > 0:
             self.overhead = measure_overhead(self._overhead_stages(size, len(class_names)), p["overhead_iterations"])
             self.get_logger().info(
                 f"node overhead per {size[0]}x{size[1]} frame besides the network (decode + colour + message conversion): "
                 f"p50 {self.overhead.p50:.2f} ms, p95 {self.overhead.p95:.2f} ms; added to every variant's latency")
-            self.measurements = add_overhead(self.measurements, self.overhead)
+        # variants are measured as the budget needs them: from the most accurate down to the first that fits
+        self.latencies = ZooLatencies(self.zoo, size, self.backend, self.resize, self.device, cache, p["measure_iterations"],
+                                      log=self.get_logger().info, overhead=self.overhead)
         self.fingerprint = device_fingerprint(self.backend, self.device)
         self._selection = self._select(p["latency_budget_ms"])
         self.segmenter = self._load(self._selection)
@@ -207,8 +205,8 @@ class SegmentNode(Node):
             self.get_logger().info(f"vision_msgs is not installed: no {p['label_info_topic']} (the class list is on {self.pub_classes.topic_name})")
         self._announce(self._selection)
 
-        # the newest frame is processed on the stream's worker; model swaps happen there between frames
-        self.stream: FrameStream[Image, Selection] = FrameStream(self._process, self._swap, self._on_stream_error).start()
+        # the newest frame is processed on the stream's worker; a new budget (a request) is applied there between frames
+        self.stream: FrameStream[Image, float] = FrameStream(self._process, self._swap, self._on_stream_error).start()
         self.add_post_set_parameters_callback(self._apply)
         self.create_subscription(Image, p["input_topic"], self.stream.submit, in_qos)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
@@ -234,7 +232,9 @@ class SegmentNode(Node):
         return stages
 
     def _select(self, budget_ms: float) -> Selection:
-        sel = select_variant(self.measurements, budget_ms)
+        """The variant for ``budget_ms``, measuring the variants the choice needs and has not measured
+        (at start, or on the worker between frames: none runs meanwhile)."""
+        sel = self.latencies.select(budget_ms)
         log = self.get_logger()
         log.info(f"variant {sel.variant.name} selected\n{sel.describe()}")
         if not sel.fits:
@@ -261,20 +261,20 @@ class SegmentNode(Node):
 
     @property
     def selection(self) -> Selection:
-        """The variant chosen last (the worker may not have loaded it yet)."""
-        return self.stream.pending or self._selection
+        """The variant running, for the budget applied last (a new budget is applied by the worker
+        between two frames, after measuring any variant it needs)."""
+        return self._selection
 
     def _apply(self, params: List[Parameter]) -> None:
         for prm in params:
             if prm.name == "latency_budget_ms":
-                sel = self._select(prm.value)
-                if sel.variant.name != self.selection.variant.name:
-                    self.get_logger().info(f"swapping {self.selection.variant.name} -> {sel.variant.name}")
-                self.stream.request(sel)
+                self.stream.request(float(prm.value))
 
     # ------------------------------------------------------------------ frames (on the stream's worker)
-    def _swap(self, sel: Selection) -> None:
+    def _swap(self, budget_ms: float) -> None:
+        sel = self._select(budget_ms)
         if sel.variant.name != self._selection.variant.name:
+            self.get_logger().info(f"swapping {self._selection.variant.name} -> {sel.variant.name}")
             try:
                 self.segmenter = self._load(sel)
             except Exception as e:

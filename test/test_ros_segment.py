@@ -175,6 +175,24 @@ def test_budget_change_swaps_the_variant_without_restart(ros):
     assert wait_for(lambda: variants[-1]["variant"] == "accurate", 5.0)
 
 
+def test_a_node_measures_only_the_variants_its_budget_needs(zoo, tmp_path):
+    """On a new machine (an empty latency cache) the node measures the most accurate variant and
+    starts; the faster one is measured only when a budget asks for it, on the worker."""
+    spinner = Spinner()
+    try:
+        cache = tmp_path / "empty_latency.json"
+        node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=overrides(
+            zoo, latency_cache=str(cache), measure_iterations=3, overhead_iterations=0, input_topic="/lazy_cam/image")))
+        assert [m.variant.name for m in node.latencies.measurements] == ["accurate"]
+        assert [v.name for v in node.selection.unmeasured] == ["fast"] and node.selection.variant.name == "accurate"
+        assert node.set_parameters([Parameter("latency_budget_ms", value=1e-3)])[0].successful  # nothing fits
+        assert wait_for(lambda: node.selection.budget_ms == 1e-3, 30.0)
+        assert sorted(m.variant.name for m in node.latencies.measurements) == ["accurate", "fast"]
+        assert node.selection.unmeasured == () and not node.selection.fits
+    finally:
+        spinner.close()
+
+
 class SlowBackend(TorchBackend):
     """The torch backend plus a fixed delay: a model slower than the camera."""
 

@@ -163,6 +163,60 @@ def test_select_most_accurate_that_fits(budget, expect, fits):
     assert f"* {expect}:" in sel.describe()
 
 
+ZOO_P95 = {"big": (0.75, 80.0), "mid": (0.72, 25.0), "tie_slow": (0.70, 14.0), "mid_fast": (0.70, 12.0), "small": (0.60, 8.0)}
+
+
+@pytest.fixture
+def lazy_zoo(monkeypatch):
+    """ZooLatencies over ZOO_P95's variants, with measuring faked: (the object, the names measured in order)."""
+    from hmseg_core.runtime import ZooLatencies
+
+    measured = []
+
+    def fake_measure_zoo(zoo, *args, **kwargs):
+        (v,) = zoo.variants
+        measured.append(v.name)
+        return [m(v.name, v.miou, ZOO_P95[v.name][1])]
+
+    monkeypatch.setattr("hmseg_core.runtime.budget.measure_zoo", fake_measure_zoo)
+    zoo = ModelZoo([Variant(n, None, miou) for n, (miou, _) in ZOO_P95.items()])
+    return ZooLatencies(zoo, (32, 48)), measured
+
+
+@pytest.mark.parametrize("budget", [0.0, 100.0, 30.0, 15.0, 13.0, 9.0, 2.0])
+def test_lazy_selection_chooses_as_if_every_variant_were_measured(lazy_zoo, budget):
+    latencies, measured = lazy_zoo
+    everything = select_variant([m(n, miou, p95) for n, (miou, p95) in ZOO_P95.items()], budget)
+    sel = latencies.select(budget)
+    assert (sel.variant.name, sel.fits) == (everything.variant.name, everything.fits)
+    assert sorted(measured + [v.name for v in sel.unmeasured]) == sorted(ZOO_P95)  # each variant measured or not, once
+
+
+def test_lazy_selection_measures_only_what_the_budget_needs(lazy_zoo):
+    latencies, measured = lazy_zoo
+    assert latencies.select(0.0).variant.name == "big" and measured == ["big"]  # no budget: the most accurate alone
+    sel = latencies.select(15.0)  # down the accuracy order; the tie at 0.70 needs both
+    assert sel.variant.name == "mid_fast" and measured == ["big", "mid", "tie_slow", "mid_fast"]
+    assert [v.name for v in sel.unmeasured] == ["small"]
+    assert "small: mIoU 60.0 %, not measured (a more accurate variant fits)" in sel.describe()
+    assert sel.to_dict()["unmeasured"] == [{"name": "small", "miou": 0.60}]
+    assert latencies.select(30.0).variant.name == "mid" and len(measured) == 4  # nothing measured twice
+    sel = latencies.select(2.0)  # nothing fits: every variant, then the fastest
+    assert (sel.variant.name, sel.fits, sel.unmeasured) == ("small", False, ()) and measured[-1] == "small"
+
+
+def test_lazy_selection_adds_the_node_overhead_to_what_it_measures(lazy_zoo):
+    from hmseg_core.runtime import ZooLatencies
+
+    latencies, _ = lazy_zoo
+    over = LatencyStats(2.0, 4.0, 2.5, 10)
+    with_overhead = ZooLatencies(latencies.zoo, (32, 48), overhead=over)
+    sel = with_overhead.select(15.0)  # mid_fast's 12 ms + 4 no longer fits; small's 8 + 4 does
+    assert sel.variant.name == "small" and sel.measurement.overhead == over and sel.measurement.latency.p95 == 12.0
+    with pytest.raises(ValueError, match="finite"):
+        with_overhead.select(float("inf"))
+
+
 def test_select_rejects_nonfinite_budget():
     with pytest.raises(ValueError, match="finite"):
         select_variant([m("a", 0.5, 1.0)], float("nan"))

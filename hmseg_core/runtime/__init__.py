@@ -7,7 +7,7 @@
 * :mod:`.zoo`: :class:`ModelZoo`, the index of deployable variants;
 * :mod:`.latency`: latency statistics, the device fingerprint, the cache of measurements per machine;
 * :mod:`.segmenter` also has :func:`choose_backend`: what ``backend: auto`` means (measured here);
-* :mod:`.budget`: every variant of a zoo measured here, and the variant for a budget;
+* :mod:`.budget`: a zoo's variants measured here (all, or only what a choice needs), and the variant for a budget;
 * :mod:`.stream`: :class:`FrameStream`, the newest-frame worker that a node feeds.
 
 This package re-exports the public names of its modules.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..checkpoint import CheckpointError
 from .backends import AUTO, BACKENDS, Backend, BackendUnavailable, backend_names, create_backend
 from .backends.torch_backend import TorchBackend
-from .budget import Measurement, Selection, add_overhead, measure_overhead, measure_zoo, select_variant
+from .budget import Measurement, Selection, ZooLatencies, add_overhead, measure_overhead, measure_zoo, select_variant
 from .latency import LatencyCache, LatencyStats, device_fingerprint, measure_latency
 from .segmenter import AGREEMENT, BackendChoice, BackendTiming, Segmenter, candidate_backends, choose_backend
 from .source import ModelSource, file_digest, is_package, load_model
@@ -31,5 +31,5 @@ __all__ = [
     "Measurement", "ModelSource", "ModelZoo", "ResizePolicy", "Segmenter", "Selection", "StreamStats", "Timings",
     "TorchBackend", "Variant", "ZooError", "backend_names", "create_backend", "default_zoo_path", "device_fingerprint",
     "file_digest", "is_package", "load_model", "measure_latency", "measure_zoo", "overlay",
-    "select_variant", "add_overhead", "measure_overhead", "StageStats", "stage_table",
+    "select_variant", "add_overhead", "measure_overhead", "StageStats", "stage_table", "ZooLatencies",
 ]

@@ -2,7 +2,10 @@
 
 :func:`measure_zoo` times every variant of a zoo here, caching results per device fingerprint
 (:class:`LatencyCache`); :func:`select_variant` then picks the most accurate variant whose
-measured p95 fits a latency budget.
+measured p95 fits a latency budget. :class:`ZooLatencies` makes the same choice measuring only
+what it needs: on a new machine each variant costs an export, a TVM compile and a timing of every
+backend (~35 s for ``mrms_tiny``), so a node that measured a whole zoo before its first label
+would start in minutes.
 
 A variant's network time is not what a node achieves: the node also decodes each frame,
 colours the labels and converts its outputs into messages. :func:`measure_overhead` times those
@@ -96,12 +99,15 @@ def add_overhead(measurements: Sequence[Measurement], overhead: Optional[Latency
 
 @dataclass(frozen=True)
 class Selection:
-    """The variant chosen for a budget; ``fits`` is False when nothing met it (the fastest is used)."""
+    """The variant chosen for a budget; ``fits`` is False when nothing met it (the fastest is used).
+    ``candidates`` are the variants measured; ``unmeasured`` those the choice did not need (each
+    less accurate than the chosen one, which fits)."""
 
     measurement: Measurement
     budget_ms: float
     fits: bool
     candidates: Tuple[Measurement, ...] = field(default=())
+    unmeasured: Tuple[Variant, ...] = field(default=())
 
     @property
     def variant(self) -> Variant:
@@ -120,6 +126,8 @@ class Selection:
                 f" {mark} {m.variant.name}: mIoU {100 * m.variant.miou:.1f} %, p50 {m.latency.p50:.1f} ms, "
                 f"p95 {m.latency.p95:.1f} ms{net} on {m.backend} ({ok}{', cached' if m.cached else ''})"
             )
+        for v in sorted(self.unmeasured, key=lambda v: -v.miou):
+            lines.append(f"   {v.name}: mIoU {100 * v.miou:.1f} %, not measured (a more accurate variant fits)")
         return "\n".join(lines)
 
     def to_dict(self) -> Dict:
@@ -136,6 +144,7 @@ class Selection:
                  "backend": m.backend, "network_p50_ms": m.network.p50, "network_p95_ms": m.network.p95}
                 for m in self.candidates
             ],
+            "unmeasured": [{"name": v.name, "miou": v.miou} for v in self.unmeasured],
         }
 
 
@@ -153,4 +162,71 @@ def select_variant(measurements: Sequence[Measurement], budget_ms: float) -> Sel
     return Selection(min(measurements, key=lambda m: m.latency.p95), budget_ms, False, tuple(measurements))
 
 
-__all__ = ["Measurement", "Selection", "add_overhead", "measure_overhead", "measure_zoo", "select_variant"]
+class ZooLatencies:
+    """A zoo's variants measured here on demand, each at most once in this object (and once per
+    machine with a ``cache``), for :meth:`select`.
+
+    :meth:`select` finds what :func:`select_variant` would find over the whole zoo, measuring the
+    variants from the most accurate down and stopping at the first that fits (with any of equal
+    mIoU, for the tie rule): with no budget that is one variant; only a budget that nothing meets
+    measures them all. Arguments as :func:`measure_zoo`'s; ``overhead`` (the node's own per-frame
+    stages, :func:`measure_overhead`) is added to every measurement."""
+
+    def __init__(
+        self,
+        zoo: ModelZoo,
+        size: Tuple[int, int],
+        backend: str = AUTO,
+        resize: ResizePolicy = ResizePolicy(),
+        device: str = "cpu",
+        cache: Optional[LatencyCache] = None,
+        iterations: int = 20,
+        warmup: int = 3,
+        log: Callable[[str], None] = lambda s: None,
+        overhead: Optional[LatencyStats] = None,
+    ) -> None:
+        if not zoo.variants:
+            raise ValueError("no variants to select from")
+        self.zoo, self.size, self.backend, self.resize, self.device = zoo, size, backend, resize, device
+        self.cache, self.iterations, self.warmup, self.log, self.overhead = cache, iterations, warmup, log, overhead
+        self._measured: Dict[str, Measurement] = {}
+
+    @property
+    def measurements(self) -> List[Measurement]:
+        """What was measured so far, in the zoo's order."""
+        return [self._measured[v.name] for v in self.zoo.variants if v.name in self._measured]
+
+    def measure(self, variant: Variant) -> Measurement:
+        """``variant``'s latency here (measured now, or before by this object or the cache)."""
+        m = self._measured.get(variant.name)
+        if m is None:
+            (m,) = measure_zoo(ModelZoo([variant]), self.size, self.backend, self.resize, self.device, self.cache,
+                               self.iterations, self.warmup, self.log)
+            (m,) = add_overhead([m], self.overhead)
+            self._measured[variant.name] = m
+        return m
+
+    def select(self, budget_ms: float) -> Selection:
+        """The most accurate variant whose p95 fits ``budget_ms`` (ties: the faster; ``<= 0``: no
+        budget); if none fits, the fastest with ``fits=False``. Measures only what the choice needs."""
+        if not np.isfinite(budget_ms):
+            raise ValueError(f"latency budget must be a finite number of milliseconds, got {budget_ms}")
+        for v in self._by_accuracy():
+            if self._fits(self.measure(v), budget_ms):
+                for u in self.zoo.variants:
+                    if u.miou == v.miou:
+                        self.measure(u)  # equal accuracy: the faster of them wins
+                break
+        sel = select_variant(self.measurements, budget_ms)
+        unmeasured = tuple(v for v in self.zoo.variants if v.name not in self._measured)
+        return replace(sel, unmeasured=unmeasured)
+
+    def _by_accuracy(self) -> List[Variant]:
+        return sorted(self.zoo.variants, key=lambda v: -v.miou)  # stable: the zoo's order among equals
+
+    @staticmethod
+    def _fits(m: Measurement, budget_ms: float) -> bool:
+        return budget_ms <= 0 or m.latency.p95 <= budget_ms
+
+
+__all__ = ["Measurement", "Selection", "ZooLatencies", "add_overhead", "measure_overhead", "measure_zoo", "select_variant"]

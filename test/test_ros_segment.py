@@ -4,7 +4,6 @@ parameters, budget swaps, and newest-frame-only behaviour under a burst."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np

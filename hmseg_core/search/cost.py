@@ -36,7 +36,7 @@ class CostModel:
         self.space, self.table, self.metric = space, table, metric
         g0 = space.base
         self.combos = list(itertools.product(*(range(len(c)) for c in space.ratio_choices)))
-        fixed, per_layer = [], []  # fixed[c]; per_layer[l] -> (C, K_l)
+        fixed = []  # fixed[c]
         layer_costs: List[List[List[float]]] = [[] for _ in space.layers]
         for combo in self.combos:
             g = space.genotype([0] * len(space.layers), combo)

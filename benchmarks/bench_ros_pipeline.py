@@ -213,7 +213,8 @@ def percentiles(ms: List[float]) -> Optional[Dict[str, float]]:
     if not ms:
         return None
     a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()), "n": int(a.size)}
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
 
 
 class Probe:
@@ -429,14 +430,15 @@ def run(args) -> Dict[str, Any]:
 def markdown(rep: Dict[str, Any]) -> str:
     f = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
     net, e2e, node = rep["network_only"], rep["stamp_to_labels_ms"] or {}, rep["node"]
+    row = lambda name, d: f"| {name} | " + " | ".join(f(d.get(q)) for q in ("p50", "p95", "p99", "max")) + " |"  # noqa: E731
     lines = [
         f"# ROS pipeline: {rep['variant']} on {rep['backend']}, {rep['size']} at {rep['rate_hz']:g} Hz for {rep['seconds']:g} s ({rep['launch']})",
         "", f"CPU: {rep['cpu']} ({rep['cores']} cores usable, {rep['threads']} inference threads); frames: {rep['frames']}", "",
-        "| measure | p50 ms | p95 ms |", "| --- | ---: | ---: |",
-        f"| network alone (Segmenter.segment, this process) | {f(net['segment_ms']['p50'])} | {f(net['segment_ms']['p95'])} |",
-        f"| of which the network call | {f(net['inference_ms']['p50'])} | {f(net['inference_ms']['p95'])} |",
-        f"| network alone, paced at {rep['rate_hz']:g} Hz (idle between frames, as in the node) | {f(net['paced_segment_ms']['p50'])} | {f(net['paced_segment_ms']['p95'])} |",
-        f"| stamp -> labels (camera process -> node -> here) | {f(e2e.get('p50'))} | {f(e2e.get('p95'))} |",
+        "| measure | p50 ms | p95 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |",
+        row("network alone (Segmenter.segment, this process)", net["segment_ms"]),
+        row("of which the network call", net["inference_ms"]),
+        row(f"network alone, paced at {rep['rate_hz']:g} Hz (idle between frames, as in the node)", net["paced_segment_ms"]),
+        row("stamp -> labels (camera process -> node -> here)", e2e),
         "",
         f"Start: {rep['ready_s']:.1f} s from launch to the node's variant announcement (ready for the first frame)"
         + (", on a fresh cache (nothing exported, compiled or measured before)." if rep["fresh_cache"] else "."),

@@ -235,6 +235,7 @@ class Probe:
         self.variant: Optional[Dict] = None
         self.diagnostics: Optional[Dict[str, str]] = None
         self.stage_diagnostics: Optional[Dict[str, str]] = None  # the last one with stage timings (frames within its window)
+        self.diagnostics_log: List[Tuple[float, Dict[str, str]]] = []  # (arrival, monotonic; values) of each one with stages
         self._lock = threading.Lock()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -266,6 +267,8 @@ class Probe:
                 self.diagnostics = {kv.key: kv.value for kv in s.values}
                 if stages_from(self.diagnostics):
                     self.stage_diagnostics = self.diagnostics
+                    with self._lock:
+                        self.diagnostics_log.append((time.monotonic(), self.diagnostics))
 
     def close(self) -> None:
         import rclpy
@@ -285,6 +288,27 @@ def stages_from(diag: Optional[Dict[str, str]]) -> Dict[str, Dict[str, Optional[
             name, q = key[len("stage_"):-len("_p50_ms")], key[-6:-3]
             out.setdefault(name, {})[f"{q}_ms"] = None if value == "n/a" else float(value)
     return out
+
+
+def windowed_p95(labels: List[Tuple[float, float]], diagnostics: List[Tuple[float, Dict[str, str]]], start: float,
+                 span_s: float = 5.0) -> Dict[str, Optional[float]]:
+    """The tail, stage by stage, over the same frames: for every /diagnostics status after ``start``
+    (each covers the node's last ``span_s`` seconds), the p95 of stamp -> labels of the labels that
+    arrived here in those seconds beside the node's own p95 of each stage; the median over the
+    windows of each. The node's stages cover its last window only in its final status; this puts
+    the whole run's tail where it arose: before or in the node (``stamp_to_publish``), or after it."""
+    rows: Dict[str, List[float]] = {"stamp_to_labels": []}
+    for t, diag in diagnostics:
+        if t - span_s < start:
+            continue
+        here = [ms for at, ms in labels if t - span_s <= at <= t]
+        if len(here) < 20:
+            continue
+        rows["stamp_to_labels"].append(float(np.percentile(here, 95)))
+        for name, st in stages_from(diag).items():
+            if st.get("p95_ms") is not None:
+                rows.setdefault(name, []).append(st["p95_ms"])
+    return {name: (float(np.median(v)) if v else None) for name, v in rows.items()} | {"windows": len(rows["stamp_to_labels"])}
 
 
 def _wait(pred, timeout: float, proc: Optional[subprocess.Popen] = None, period: float = 0.1) -> bool:
@@ -418,6 +442,7 @@ def run(args) -> Dict[str, Any]:
         "node": {"received": count("frames_received"), "processed": count("frames_processed"), "dropped": count("frames_dropped"),
                  "node_overhead_p95_ms": None if diag.get("node_overhead_p95_ms", "n/a") == "n/a" else float(diag["node_overhead_p95_ms"])},
         "stages_ms": stages_from(probe.stage_diagnostics),  # the camera process may take longer to exit than the window
+        "windowed_p95_ms": windowed_p95(labels, list(probe.diagnostics_log), start),
         "cpu_use": cpu,
         "node_exit": code,
         "node_log": str(node_log),
@@ -455,6 +480,13 @@ def markdown(rep: Dict[str, Any]) -> str:
     for name in stage_order(rep["stages_ms"]):
         s = rep["stages_ms"][name]
         lines.append(f"| {name} | {f(s.get('p50_ms'))} | {f(s.get('p95_ms'))} |")
+    win = rep["windowed_p95_ms"]
+    if win.get("windows"):
+        lines += ["", f"The tail per 5 s window, over the same frames (median over {win['windows']} windows of each window's p95):", "",
+                  "| measure | p95 ms |", "| --- | ---: |", f"| stamp -> labels (here) | {f(win['stamp_to_labels'])} |"]
+        from hmseg_core.runtime.stream import stage_order
+
+        lines += [f"| node: {name} | {f(win[name])} |" for name in stage_order([k for k in win if k not in ("windows", "stamp_to_labels")])]
     use = rep["cpu_use"]
     lines += ["", f"CPU use while frames flowed ({use['seconds']:.0f} s; 100 % = one core of {rep['cores']}): "
               + ", ".join(f"{r} {v:.0f} %" for r, v in use["roles_pct"].items()), "",

@@ -31,13 +31,16 @@ def test_bench_ros_pipeline_smoke(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads(out.read_text())
     for key in ("cpu", "cores", "variant", "backend", "network_only", "stamp_to_labels_ms", "output_hz", "labels_received",
-                "camera_published", "node", "stages_ms"):
+                "camera_published", "node", "stages_ms", "cpu_use", "windowed_p95_ms"):
         assert key in rep, key
     assert rep["cpu"] and rep["variant"] == "tiny" and rep["node_exit"] == 0
     assert rep["backend"] in ("torch", "onnxruntime", "openvino", "tvm")  # auto: the fastest measured here
     assert rep["network_only"]["backend"] == rep["backend"] and rep["ready_s"] > 0 and rep["fresh_cache"] is False
     assert rep["labels_received"] > 0 and rep["output_hz"] > 0 and rep["camera_published"] > 0
     assert rep["network_only"]["segment_ms"]["p50"] > 0 and rep["network_only"]["runs"] == 5
+    assert rep["network_only"]["paced_segment_ms"]["n"] == 5 and rep["network_only"]["rate_hz"] == 10
+    assert rep["cpu_use"]["roles_pct"]["node"] > 0 and rep["cpu_use"]["seconds"] > 0  # the node's threads were found
+    assert any(k.startswith("node: ") for k in rep["cpu_use"]["threads_pct"])
     assert 0 < rep["stamp_to_labels_ms"]["p50"] <= rep["stamp_to_labels_ms"]["p95"]
     node = rep["node"]
     assert node["received"] > 0 and node["processed"] > 0 and node["dropped"] is not None

@@ -47,7 +47,7 @@ import math
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -206,9 +206,9 @@ class SegmentNode(Node):
         self._announce(self._selection)
 
         # the newest frame is processed on the stream's worker; a new budget (a request) is applied there between frames
-        self.stream: FrameStream[Image, float] = FrameStream(self._process, self._swap, self._on_stream_error).start()
+        self.stream: FrameStream[Tuple[Image, int], float] = FrameStream(self._process, self._swap, self._on_stream_error).start()
         self.add_post_set_parameters_callback(self._apply)
-        self.create_subscription(Image, p["input_topic"], self.stream.submit, in_qos)
+        self.create_subscription(Image, p["input_topic"], self._on_image, in_qos)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(f"segmenting {self.resolve_topic_name(p['input_topic'])} -> {self.pub_labels.topic_name} ({self.backend}, {self.resize})")
 
@@ -302,7 +302,17 @@ class SegmentNode(Node):
         else:
             self.get_logger().error(f"could not apply {stage}: {type(e).__name__}: {e}")
 
-    def _process(self, msg: Image) -> Optional[Dict[str, float]]:
+    def _on_image(self, msg: Image) -> None:
+        """The subscription's callback: hand the frame to the worker with the time it got here."""
+        self.stream.submit((msg, self.get_clock().now().nanoseconds))
+
+    def _stamp_age_ms(self, msg: Image, ns: int) -> Optional[float]:
+        """Milliseconds from ``msg``'s header stamp to ``ns`` on the node's clock; None for a stamp
+        not on this clock (further than :data:`STAMP_ON_CLOCK_S` from it)."""
+        age_ns = ns - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        return age_ns / 1e6 if 0 <= age_ns <= STAMP_ON_CLOCK_S * 1e9 else None
+
+    def _process(self, frame: Tuple[Image, int]) -> Optional[Dict[str, float]]:
         """Segment one frame and publish its outputs; returns its stage timings in ms (the stream
         adds ``wait`` and ``work``), or None when nothing was published:
 
@@ -313,9 +323,14 @@ class SegmentNode(Node):
           its confidence the postprocess (argmax + softmax) is reported as ``confidence`` instead;
         * ``color``: palette lookup (when ``~/color`` or ``~/overlay`` is published); ``overlay``: the blend;
         * ``publish``: message conversion and ``publish()`` of every output of the frame;
-        * ``stamp_to_publish``: header stamp -> after the last publish, on the node's clock (only
-          when the stamp is within :data:`STAMP_ON_CLOCK_S` of it, i.e. on this clock)."""
+        * ``receive``: header stamp -> the subscription's callback (the camera's send, the transport,
+          the executor), and ``stamp_to_publish``: header stamp -> after the last publish, both on
+          the node's clock (only when the stamp is within :data:`STAMP_ON_CLOCK_S` of it, i.e. on this clock)."""
+        msg, received_ns = frame
         stages: Dict[str, float] = {}
+        receive = self._stamp_age_ms(msg, received_ns)
+        if receive is not None:
+            stages["receive"] = receive
         t = time.perf_counter()
         try:
             rgb = image_to_rgb(msg)
@@ -366,9 +381,9 @@ class SegmentNode(Node):
                 stages["overlay"] = 1e3 * (time.perf_counter() - t)
                 send(self.pub_overlay, blended, "rgb8")
         stages["publish"] = publish
-        age_ns = self.get_clock().now().nanoseconds - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-        if 0 <= age_ns <= STAMP_ON_CLOCK_S * 1e9:
-            stages["stamp_to_publish"] = age_ns / 1e6
+        age = self._stamp_age_ms(msg, self.get_clock().now().nanoseconds)
+        if age is not None:
+            stages["stamp_to_publish"] = age
         return stages
 
     # ------------------------------------------------------------------ diagnostics

@@ -34,7 +34,7 @@ R = TypeVar("R")  # a request, as the caller submits it
 ProcessResult = Union[bool, None, Mapping[str, float]]
 
 #: the order stages are reported in (others follow, sorted); ``wait`` and ``work`` are the stream's own
-STAGE_ORDER = ("wait", "decode", "preprocess", "network", "postprocess", "confidence", "color", "overlay", "publish",
+STAGE_ORDER = ("receive", "wait", "decode", "preprocess", "network", "postprocess", "confidence", "color", "overlay", "publish",
                "work", "stamp_to_publish")
 
 

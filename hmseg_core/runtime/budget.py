@@ -172,23 +172,11 @@ class ZooLatencies:
     measures them all. Arguments as :func:`measure_zoo`'s; ``overhead`` (the node's own per-frame
     stages, :func:`measure_overhead`) is added to every measurement."""
 
-    def __init__(
-        self,
-        zoo: ModelZoo,
-        size: Tuple[int, int],
-        backend: str = AUTO,
-        resize: ResizePolicy = ResizePolicy(),
-        device: str = "cpu",
-        cache: Optional[LatencyCache] = None,
-        iterations: int = 20,
-        warmup: int = 3,
-        log: Callable[[str], None] = lambda s: None,
-        overhead: Optional[LatencyStats] = None,
-    ) -> None:
+    def __init__(self, zoo: ModelZoo, *args: Any, overhead: Optional[LatencyStats] = None, **kwargs: Any) -> None:
         if not zoo.variants:
             raise ValueError("no variants to select from")
-        self.zoo, self.size, self.backend, self.resize, self.device = zoo, size, backend, resize, device
-        self.cache, self.iterations, self.warmup, self.log, self.overhead = cache, iterations, warmup, log, overhead
+        self.zoo, self.overhead = zoo, overhead
+        self._how = (args, kwargs)  # measure_zoo's arguments after the zoo
         self._measured: Dict[str, Measurement] = {}
 
     @property
@@ -200,8 +188,7 @@ class ZooLatencies:
         """``variant``'s latency here (measured now, or before by this object or the cache)."""
         m = self._measured.get(variant.name)
         if m is None:
-            (m,) = measure_zoo(ModelZoo([variant]), self.size, self.backend, self.resize, self.device, self.cache,
-                               self.iterations, self.warmup, self.log)
+            (m,) = measure_zoo(ModelZoo([variant]), *self._how[0], **self._how[1])
             (m,) = add_overhead([m], self.overhead)
             self._measured[variant.name] = m
         return m

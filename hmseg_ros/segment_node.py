@@ -103,7 +103,7 @@ UNLABELED = 255
 #: a 4K frame (measured here, mrms_tiny on torch: 8.4 MP 1.7 GiB peak RSS; 24 MP unguarded 3.8 GiB, 26 s).
 MAX_INPUT_PIXELS = 4096 * 2160
 #: a header stamp further than this from the node's clock is not on it (a bag's own times, another
-#: machine's clock): no ``stamp_to_publish`` sample for that frame
+#: machine's clock): no ``receive`` or ``stamp_to_publish`` sample for that frame
 STAMP_ON_CLOCK_S = 60.0
 
 

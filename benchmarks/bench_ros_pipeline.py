@@ -323,51 +323,48 @@ def _wait(pred, timeout: float, proc: Optional[subprocess.Popen] = None, period:
 
 
 # ---------------------------------------------------------------------------- where the CPU goes
-def _ticks(stat_path: Path) -> Optional[Tuple[str, int]]:
-    """(name, utime + stime in clock ticks) of one /proc stat file; None when it has gone."""
+def _stat(path: Path) -> Optional[Tuple[str, List[str]]]:
+    """A /proc ``stat`` file: (the name, the fields after it, from the state on); None when it has gone."""
     try:
-        text = stat_path.read_text()
+        text = path.read_text()
     except OSError:
         return None
-    name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-    return name, int(rest[11]) + int(rest[12])
+    return text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
 
 
 def cpu_snapshot(pids: Dict[str, List[int]]) -> Dict[Tuple[str, str], int]:
-    """CPU ticks so far of every thread of the processes in ``pids`` (role -> pids), keyed by
-    (role, "thread name/thread id")."""
+    """CPU ticks so far (utime + stime) of every thread of the processes in ``pids`` (role -> pids),
+    keyed by (role, "thread name/thread id")."""
     out: Dict[Tuple[str, str], int] = {}
     for role, group in pids.items():
         for pid in group:
             for task in Path(f"/proc/{pid}/task").glob("*"):
-                got = _ticks(task / "stat")
+                got = _stat(task / "stat")
                 if got is not None:
-                    key = (role, f"{got[0]}/{task.name}")
-                    out[key] = out.get(key, 0) + got[1]
+                    name, fields = got
+                    out[(role, f"{name}/{task.name}")] = int(fields[11]) + int(fields[12])
     return out
 
 
 def session_pids(leader: int) -> List[int]:
     """The processes of the session ``leader`` started (``ros2 launch`` and the node it runs)."""
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == leader:  # the session id
-            out.append(int(stat.parent.name))
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        got = _stat(path)
+        if got is not None and int(got[1][3]) == leader:  # the session id
+            out.append(int(path.parent.name))
     return out
 
 
 def cpu_use(before: Dict[Tuple[str, str], int], after: Dict[Tuple[str, str], int], seconds: float) -> Dict[str, Any]:
-    """Per role and per thread name: the share of one core used between two snapshots, in %."""
+    """Per role and per thread: the share of one core used between two snapshots, in %."""
     hz = os.sysconf("SC_CLK_TCK")
-    threads = {f"{role}: {name}": 100.0 * (after[k] - before.get(k, 0)) / hz / seconds for k in after for role, name in [k]}
+    pct = {key: 100.0 * (ticks - before.get(key, 0)) / hz / seconds for key, ticks in after.items()}
     roles: Dict[str, float] = {}
-    for k, v in threads.items():
-        roles[k.split(":")[0]] = roles.get(k.split(":")[0], 0.0) + v
-    return {"seconds": seconds, "roles_pct": roles, "threads_pct": dict(sorted(threads.items(), key=lambda kv: -kv[1]))}
+    for (role, _), v in pct.items():
+        roles[role] = roles.get(role, 0.0) + v
+    threads = {f"{role}: {name}": v for (role, name), v in sorted(pct.items(), key=lambda kv: -kv[1])}
+    return {"seconds": seconds, "roles_pct": roles, "threads_pct": threads}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -484,8 +481,6 @@ def markdown(rep: Dict[str, Any]) -> str:
     if win.get("windows"):
         lines += ["", f"The tail per 5 s window, over the same frames (median over {win['windows']} windows of each window's p95):", "",
                   "| measure | p95 ms |", "| --- | ---: |", f"| stamp -> labels (here) | {f(win['stamp_to_labels'])} |"]
-        from hmseg_core.runtime.stream import stage_order
-
         lines += [f"| node: {name} | {f(win[name])} |" for name in stage_order([k for k in win if k not in ("windows", "stamp_to_labels")])]
     use = rep["cpu_use"]
     lines += ["", f"CPU use while frames flowed ({use['seconds']:.0f} s; 100 % = one core of {rep['cores']}): "

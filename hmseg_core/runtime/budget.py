@@ -97,6 +97,16 @@ def add_overhead(measurements: Sequence[Measurement], overhead: Optional[Latency
     return out
 
 
+def fits_budget(m: Measurement, budget_ms: float) -> bool:
+    """Whether ``m``'s p95 meets ``budget_ms`` (``<= 0``: no budget, everything fits)."""
+    return budget_ms <= 0 or m.latency.p95 <= budget_ms
+
+
+def _check_budget(budget_ms: float) -> None:
+    if not np.isfinite(budget_ms):
+        raise ValueError(f"latency budget must be a finite number of milliseconds, got {budget_ms}")
+
+
 @dataclass(frozen=True)
 class Selection:
     """The variant chosen for a budget; ``fits`` is False when nothing met it (the fastest is used).
@@ -120,7 +130,7 @@ class Selection:
             lines[0] += f" (latencies include the node's own stages: p50 {over.p50:.1f} ms, p95 {over.p95:.1f} ms per frame)"
         for m in sorted(self.candidates, key=lambda m: -m.variant.miou):
             mark = "*" if m is self.measurement else " "
-            ok = "fits" if self.budget_ms <= 0 or m.latency.p95 <= self.budget_ms else "too slow"
+            ok = "fits" if fits_budget(m, self.budget_ms) else "too slow"
             net = f" (network p95 {m.network.p95:.1f} ms)" if m.overhead is not None else ""
             lines.append(
                 f" {mark} {m.variant.name}: mIoU {100 * m.variant.miou:.1f} %, p50 {m.latency.p50:.1f} ms, "
@@ -153,9 +163,8 @@ def select_variant(measurements: Sequence[Measurement], budget_ms: float) -> Sel
     means no budget. If none fits, the fastest by p95 with ``fits=False``."""
     if not measurements:
         raise ValueError("no variants to select from")
-    if not np.isfinite(budget_ms):
-        raise ValueError(f"latency budget must be a finite number of milliseconds, got {budget_ms}")
-    fitting = [m for m in measurements if budget_ms <= 0 or m.latency.p95 <= budget_ms]
+    _check_budget(budget_ms)
+    fitting = [m for m in measurements if fits_budget(m, budget_ms)]
     if fitting:
         best = max(fitting, key=lambda m: (m.variant.miou, -m.latency.p95))
         return Selection(best, budget_ms, True, tuple(measurements))
@@ -173,8 +182,6 @@ class ZooLatencies:
     stages, :func:`measure_overhead`) is added to every measurement."""
 
     def __init__(self, zoo: ModelZoo, *args: Any, overhead: Optional[LatencyStats] = None, **kwargs: Any) -> None:
-        if not zoo.variants:
-            raise ValueError("no variants to select from")
         self.zoo, self.overhead = zoo, overhead
         self._how = (args, kwargs)  # measure_zoo's arguments after the zoo
         self._measured: Dict[str, Measurement] = {}
@@ -196,10 +203,9 @@ class ZooLatencies:
     def select(self, budget_ms: float) -> Selection:
         """The most accurate variant whose p95 fits ``budget_ms`` (ties: the faster; ``<= 0``: no
         budget); if none fits, the fastest with ``fits=False``. Measures only what the choice needs."""
-        if not np.isfinite(budget_ms):
-            raise ValueError(f"latency budget must be a finite number of milliseconds, got {budget_ms}")
-        for v in self._by_accuracy():
-            if self._fits(self.measure(v), budget_ms):
+        _check_budget(budget_ms)  # before anything is measured
+        for v in sorted(self.zoo.variants, key=lambda v: -v.miou):  # stable: the zoo's order among equals
+            if fits_budget(self.measure(v), budget_ms):
                 for u in self.zoo.variants:
                     if u.miou == v.miou:
                         self.measure(u)  # equal accuracy: the faster of them wins
@@ -208,12 +214,5 @@ class ZooLatencies:
         unmeasured = tuple(v for v in self.zoo.variants if v.name not in self._measured)
         return replace(sel, unmeasured=unmeasured)
 
-    def _by_accuracy(self) -> List[Variant]:
-        return sorted(self.zoo.variants, key=lambda v: -v.miou)  # stable: the zoo's order among equals
 
-    @staticmethod
-    def _fits(m: Measurement, budget_ms: float) -> bool:
-        return budget_ms <= 0 or m.latency.p95 <= budget_ms
-
-
-__all__ = ["Measurement", "Selection", "ZooLatencies", "add_overhead", "measure_overhead", "measure_zoo", "select_variant"]
+__all__ = ["Measurement", "Selection", "ZooLatencies", "add_overhead", "fits_budget", "measure_overhead", "measure_zoo", "select_variant"]

@@ -177,6 +177,24 @@ def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
     assert lines[0] == "redo measure: inputs changed: measure.runs"
 
 
+def test_a_recipe_key_added_later_keeps_finished_steps_done(built, tmp_path):
+    """Markers written before a recipe key existed: the key at its default changes nothing; set, it does."""
+    config, reference, _, _ = built
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs)
+    for stage, item, key in (("train", "mrms_tiny", "distill_temperature"), ("search", "0.8x", "arch_weight_decay")):
+        marker = marker_path(runs, stage, item)
+        doc = json.loads(marker.read_text())
+        doc["inputs"][stage].pop(key)  # as an older hmseg wrote it
+        marker.write_text(json.dumps(doc))
+    assert {s.state for s in _build(config, runs, []).build(dry_run=True)} == {"done"}
+    doc = json.loads(marker_path(runs, "train", "mrms_tiny").read_text())
+    doc["inputs"]["train"]["distill_temperature"] = 3.0
+    marker_path(runs, "train", "mrms_tiny").write_text(json.dumps(doc))
+    state = _build(config, runs, []).state("train", "mrms_tiny")
+    assert state.state == "stale" and state.detail == "inputs changed: train.distill_temperature"
+
+
 def test_bad_config_is_one_error_line_naming_file_and_key(tmp_path, capsys):
     runs = tmp_path / "runs"
     cases = {

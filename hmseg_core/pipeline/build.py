@@ -41,6 +41,9 @@ Log = Callable[[str], None]
 WHERE = ("out_dir", "teacher", "lut")
 
 
+#: the stages whose inputs hold a whole recipe, and its config class
+RECIPES = {"train": TrainConfig, "search": SearchConfig}
+
 #: how an upstream step that is not done is described to the steps that need it
 UNFINISHED = {"ready": "not run yet", "partial": "in progress", "stale": "stale", "waiting": "waiting"}
 
@@ -178,7 +181,10 @@ class ZooBuild:
             return StepState(stage, item, "waiting", f"needs {w}")
         marker = read_marker(marker_path(self.runs, stage, item))
         if marker is not None:
-            diff = changes(marker["inputs"], inputs)
+            recorded = dict(marker["inputs"])
+            if stage in RECIPES and isinstance(recorded.get(stage), dict):
+                recorded[stage] = _with_defaults(stage, recorded[stage])
+            diff = changes(recorded, inputs)
             if not diff:
                 return StepState(stage, item, "done", f"finished {marker['finished']}", inputs, marker)
             return StepState(stage, item, "stale", "inputs changed: " + ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""),
@@ -199,9 +205,7 @@ class ZooBuild:
             recorded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             return [f"{path} (unreadable)"]
-        defaults = (TrainConfig() if stage == "train" else SearchConfig()).to_dict()
-        settings = _settings({**defaults, **recorded})
-        return [f"{stage}.{k}" for k in changes(settings, inputs[stage])]
+        return [f"{stage}.{k}" for k in changes(_with_defaults(stage, recorded), inputs[stage])]
 
     # ------------------------------------------------------------------ running
     def run_step(self, stage: str, item: str) -> Dict[str, Any]:
@@ -324,6 +328,12 @@ def latency_entry(stats: Dict[str, float]) -> Dict[str, float]:
     """A bench row as an index entry keeps it: end to end (image in, labels out) and the network alone, ms."""
     return {"p50_ms": stats["total_median_ms"], "p95_ms": stats["total_p95_ms"],
             "network_p50_ms": stats["median_ms"], "network_p95_ms": stats["p95_ms"]}
+
+
+def _with_defaults(stage: str, recorded: Dict[str, Any]) -> Dict[str, Any]:
+    """Settings recorded by an earlier run as step inputs, the keys they predate at their defaults: a key
+    added to the recipe later, left at its default, changes nothing that run computed."""
+    return _settings({**RECIPES[stage]().to_dict(), **recorded})
 
 
 def _settings(d: Dict[str, Any]) -> Dict[str, Any]:

@@ -110,9 +110,9 @@ def print_steps(doc: Dict) -> None:
 def profile_epoch(args: argparse.Namespace) -> Dict:
     """One epoch (or ``--max-steps``) of the training loop and one validation pass, timed by stage."""
     from hmseg_core.data.datasets import SegmentationDataset, enet_class_weights
-    from hmseg_core.data.transforms import EpochBatchSampler, TrainTransform, TrainView
+    from hmseg_core.data.transforms import EpochBatchSampler
     from hmseg_core.evaluate import evaluate
-    from hmseg_core.train import load_teacher, pin_teacher, poly_lr
+    from hmseg_core.train import load_teacher, pin_teacher, poly_lr, train_view
 
     cfg = pin_teacher(load_config(args.config, args.set, data_root=args.data_root, threads=args.threads or None))
     if not cfg.data_root:
@@ -134,7 +134,7 @@ def profile_epoch(args: argparse.Namespace) -> Dict:
     criterion = SegLoss(weights, cfg.aux_weight, cfg.ohem_thresh, cfg.ohem_min_kept)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    view = TrainView(train_set, TrainTransform(tuple(cfg.crop), tuple(cfg.scale), True, cfg.jitter, spec.mean, spec.std), cfg.seed)
+    view = train_view(cfg, train_set)
     sampler = EpochBatchSampler(len(train_set), cfg.batch_size, 0, cfg.seed, 0, 1, 0)
     loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=cfg.num_workers)
     steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, 1)

@@ -32,6 +32,8 @@ class TrainConfig:
     crop: Tuple[int, int] = (360, 480)
     scale: Tuple[float, float] = (0.5, 2.0)
     jitter: float = 0.25
+    early_crop: Optional[Tuple[int, int]] = None  # smaller crops for the first early_epochs epochs (cheaper steps)
+    early_epochs: int = 0
     cache: bool = True
     num_workers: int = 1
     # optimisation (paper: SGD, lr 0.01, weight decay 5e-4, poly schedule)
@@ -72,6 +74,10 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (len(self.crop) == 2 and min(self.crop) >= 16, "crop", "must be two sizes >= 16 (height, width)"),
             (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], "scale", "must be (min, max) with 0 < min <= max"),
+            (self.early_crop is None or (len(self.early_crop) == 2 and min(self.early_crop) >= 16), "early_crop",
+             "must be empty or two sizes >= 16 (height, width)"),
+            (0 <= self.early_epochs < self.epochs and (self.early_epochs > 0) == (self.early_crop is not None), "early_epochs",
+             "must be in [0, epochs), and > 0 exactly when early_crop is given"),
             (self.class_weighting in ("none", "enet"), "class_weighting", "must be 'none' or 'enet'"),
             (self.ohem_thresh is None or 0 < self.ohem_thresh < 1, "ohem_thresh", "must be empty or in (0, 1)"),
             (self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'"),

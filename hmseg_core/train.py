@@ -238,17 +238,25 @@ def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
     steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, ctx.world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size} x {ctx.world_size} processes")
-    view = TrainView(
-        train_set,
-        TrainTransform(tuple(cfg.crop), tuple(cfg.scale), True, cfg.jitter, spec.mean, spec.std),
-        cfg.seed,
-    )
+    view = train_view(cfg, train_set)
     run = _TrainRun(out, train_set, val_set, view, model, net, memory_format, class_weights, criterion, optimizer,
                     steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou, teacher=teacher)
     if ctx.main:
         save_config(cfg, out / "config.yaml")
         truncate_log(run.log_path, step)
     return run
+
+
+def train_view(cfg: TrainConfig, train_set: SegmentationDataset) -> TrainView:
+    """The augmented training samples of ``cfg``'s recipe, keyed ``(index, epoch)``: ``early_crop`` for the
+    first ``early_epochs`` epochs, then ``crop``."""
+    spec = train_set.spec
+
+    def transform(crop: Tuple[int, int]) -> TrainTransform:
+        return TrainTransform(tuple(crop), tuple(cfg.scale), True, cfg.jitter, spec.mean, spec.std)
+
+    early = (cfg.early_epochs, transform(cfg.early_crop)) if cfg.early_crop is not None else None
+    return TrainView(train_set, transform(cfg.crop), cfg.seed, early)
 
 
 def _datasets(cfg: TrainConfig, ctx: DistContext, out: Path) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:

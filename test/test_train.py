@@ -15,9 +15,10 @@ from conftest import run_cli_under_torchrun, subprocess_env
 from hmseg_core.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
 from hmseg_core.cli import main as cli_main
 from hmseg_core.config import ConfigError, TrainConfig, load_config
+from hmseg_core.data.datasets import SegmentationDataset
 from hmseg_core.io import digest
 from hmseg_core.losses import distillation_loss
-from hmseg_core.train import poly_lr, train
+from hmseg_core.train import poly_lr, train, train_view
 
 TINY = dict(
     model="mrms_tiny", crop=(48, 64), scale=(0.75, 1.25), batch_size=2, epochs=3, lr=0.02,
@@ -102,16 +103,18 @@ def test_resume_says_when_there_is_nothing_to_resume_and_clears_stale_temporarie
     assert not stale.exists() and (out / "last.pt").is_file()
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("recipe", [{}, {"early_crop": (32, 48), "early_epochs": 2}], ids=["crop", "early_crop"])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, recipe):
+    """Killed at step 5 of 12: with ``early_crop`` for 2 epochs of 4 steps, the resumed run crosses to full crops."""
     total = 3 * 4
     reference = tmp_path / "reference"
-    train(tiny_config(reference), progress=False)
+    train(tiny_config(reference, **recipe), progress=False)
 
     victim = tmp_path / "victim"
-    killed_at = _kill_training_mid_run(victim, TINY, total)
+    killed_at = _kill_training_mid_run(victim, {**TINY, **recipe}, total)
     log = victim / "log.jsonl"
 
-    summary = train(tiny_config(victim), resume=True, progress=False)
+    summary = train(tiny_config(victim, **recipe), resume=True, progress=False)
     assert summary["steps"] == total
     ref, res = _weights(reference / "last.pt"), _weights(victim / "last.pt")
     assert ref.keys() == res.keys()
@@ -208,8 +211,22 @@ def test_config_errors(tmp_path):
         load_config(None, ["crop=12x12"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "nope.yaml"))
+    for bad in (["early_epochs=2"], ["early_crop=192x256"], ["early_crop=192x256", "early_epochs=5", "epochs=5"]):
+        with pytest.raises(ConfigError, match=r"early_epochs: must be in \[0, epochs\), and > 0 exactly when early_crop"):
+            load_config(None, bad)
+    with pytest.raises(ConfigError, match="early_crop: must be empty or two sizes >= 16"):
+        load_config(None, ["early_crop=8x8", "early_epochs=1"])
     cfg = load_config("config/train_camvid.yaml", ["epochs=3", "ohem_thresh=0.7"])
     assert cfg.epochs == 3 and cfg.ohem_thresh == 0.7 and cfg.crop == (288, 384) and cfg.class_weighting == "enet"
+
+
+def test_early_crop_for_the_first_epochs_then_the_recipe_crop(tmp_path, camvid_fixture):
+    ds = SegmentationDataset(camvid_fixture, "train")
+    view = train_view(tiny_config(tmp_path, crop=(48, 64), early_crop=(32, 32), early_epochs=2), ds)
+    assert [tuple(view[(0, epoch)][0].shape[-2:]) for epoch in range(4)] == [(32, 32), (32, 32), (48, 64), (48, 64)]
+    assert view[(0, 2)][1].shape == (48, 64)
+    plain = train_view(tiny_config(tmp_path, crop=(48, 64)), ds)
+    assert plain.early is None and torch.equal(plain[(1, 2)][0], view[(1, 2)][0])  # same samples once early ends
 
 
 def test_cli_eval_report(tmp_path, camvid_fixture, capsys):

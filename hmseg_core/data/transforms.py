@@ -8,7 +8,7 @@ would have seen, whatever the number of loader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -96,18 +96,25 @@ class EvalTransform:
 
 
 class TrainView(torch.utils.data.Dataset):
-    """Indexable by ``(index, epoch)``: augments sample ``index`` with its own seeded generator."""
+    """Indexable by ``(index, epoch)``: augments sample ``index`` with its own seeded generator.
 
-    def __init__(self, dataset, transform: TrainTransform, seed: int) -> None:
-        self.dataset, self.transform, self.seed = dataset, transform, seed
+    ``early``: ``(epochs, transform)``, a transform for the first ``epochs`` epochs (smaller crops:
+    cheaper steps while the network learns coarse structure); ``transform`` afterwards.
+    """
+
+    def __init__(self, dataset, transform: TrainTransform, seed: int, early: Optional[Tuple[int, TrainTransform]] = None) -> None:
+        self.dataset, self.transform, self.seed, self.early = dataset, transform, seed, early
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def transform_at(self, epoch: int) -> TrainTransform:
+        return self.early[1] if self.early is not None and epoch < self.early[0] else self.transform
+
     def __getitem__(self, key: Tuple[int, int]):
         index, epoch = key
         img, lbl = self.dataset[index]
-        return self.transform(img, lbl, seeded_generator(self.seed, epoch, index))
+        return self.transform_at(epoch)(img, lbl, seeded_generator(self.seed, epoch, index))
 
 
 class EvalView(torch.utils.data.Dataset):

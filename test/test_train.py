@@ -243,3 +243,37 @@ def test_cli_eval_report(tmp_path, camvid_fixture, capsys):
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
     assert "| **mean** |" in capsys.readouterr().out
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--data-root", str(camvid_fixture)]) == 2
+
+
+def test_validations_over_time_adds_sessions_and_drops_pauses():
+    from hmseg_core.pipeline.status import validations_over_time
+
+    def steps(*pairs):
+        return [{"step": s, "loss": 1.0, "time": t} for s, t in pairs]
+
+    def val(step, miou):
+        return {"step": step, "val": {"miou": miou}}
+
+    # session 1: 1 s steps; a 3 s validation after step 2 (gap 4 s); a kill after step 5's validation
+    first = steps((1, 5.0), (2, 6.0)) + [val(2, 0.3)] + steps((3, 10.0), (4, 11.0), (5, 12.0)) + [val(5, 0.4)]
+    # session 2 (a resume: its clock starts again, 4 s of set-up), then a 1000 s SIGSTOP pause before step 7
+    second = steps((6, 4.0), (7, 1005.0), (8, 1006.0)) + [val(8, 0.5)]
+    out = validations_over_time(first + second)
+    assert [(step, miou) for _, step, miou in out] == [(2, 0.3), (5, 0.4), (8, 0.5)]
+    assert [t for t, _, _ in out] == [9.0, 12.0 + 3.0, 12.0 + 4.0 + 1001.0 + 1.0 + 3.0]
+    assert validations_over_time(first + second, pause_gap=100)[-1][0] == 12.0 + 4.0 + 1.0 + 1.0 + 3.0
+
+
+def test_time_to_accuracy_benchmark_reads_run_folders(tmp_path):
+    import runpy
+
+    run = tmp_path / "tiny"
+    train(tiny_config(run, epochs=2, eval_every=1), progress=False)
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py")
+    bench = runpy.run_path(script)
+    row = bench["run_summary"](run, target=0.0)
+    assert len(row["validations"]) == 2 and row["step_at_target"] == 4 and 0 < row["hours_to_target"] <= row["hours"]
+    assert bench["run_summary"](run, target=101.0)["hours_to_target"] is None
+    assert bench["main"]([str(run), str(run), "--target", "0", "--plot", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert bench["main"]([str(tmp_path / "nothing")]) == 2

@@ -13,7 +13,7 @@ import json
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .build import StepState, ZooBuild
 
@@ -29,9 +29,11 @@ def _checkpoint_head(path: Path) -> Optional[Dict[str, Any]]:
     return {k: ckpt.get(k) for k in ("step", "epoch", "total_steps", "best_miou", "wall_s", "config")}
 
 
-def _log_records(path: Path, last: int = 400) -> List[Dict[str, Any]]:
+def read_log(path: Path, last: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The records of a ``log.jsonl`` (the ``last`` ones only, if given); unreadable lines are left out."""
     try:
-        lines = path.read_text().splitlines()[-last:]
+        lines = path.read_text().splitlines()
+        lines = lines[-last:] if last else lines
     except OSError:
         return []
     out = []
@@ -58,10 +60,44 @@ def training_pace(records: List[Dict[str, Any]]) -> Dict[str, Optional[float]]:
     return {"s_per_step": s_step, "s_per_eval": statistics.median(evals) if evals else None}
 
 
+def validations_over_time(records: List[Dict[str, Any]], pause_gap: Optional[float] = None) -> List[Tuple[float, int, float]]:
+    """``(seconds, step, mIoU)`` of every validation of a training log: the training's wall time when
+    that validation had finished, summed over its sessions.
+
+    A step's ``time`` counts from its process's start, so a step whose time is below its predecessor's
+    opens a new session (a resume) and adds its whole time (set-up included). A validation ends one
+    step time (the median) before the next step's line; the last one of a session takes the median
+    validation.
+    ``pause_gap``: a gap between two steps longer than this many seconds (a run stopped with SIGSTOP
+    for a while) counts as a median step, plus a median validation where one sat in it."""
+    steps = [r for r in records if "loss" in r and "time" in r]
+    pace = training_pace(records)
+    s_step, s_eval = pace["s_per_step"] or 0.0, pace["s_per_eval"] or 0.0
+    validated = {r["step"] for r in records if "val" in r}
+    wall, opens, total, prev = {}, set(), 0.0, None
+    for r in steps:
+        if prev is None or r["time"] < prev:
+            opens.add(r["step"])
+            gap = r["time"]
+        else:
+            gap = r["time"] - prev
+            if pause_gap is not None and gap > pause_gap:
+                gap = s_step + (s_eval if r["step"] - 1 in validated else 0.0)
+        total += gap
+        wall[r["step"]], prev = total, r["time"]
+    out = []
+    for r in records:
+        step = r["step"]
+        if "val" in r and step in wall:
+            done = wall[step + 1] - s_step if step + 1 in wall and step + 1 not in opens else wall[step] + s_eval
+            out.append((max(done, wall[step]), step, r["val"]["miou"]))
+    return out
+
+
 def _train_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
     folder = build.folder("train", st.item)
     head = _checkpoint_head(folder / "last.pt") if (folder / "last.pt").exists() else None
-    records = _log_records(folder / "log.jsonl", 10**9)
+    records = read_log(folder / "log.jsonl")
     cfg = (st.inputs or {}).get("train") or (head or {}).get("config") or {}
     epochs, eval_every = cfg.get("epochs"), cfg.get("eval_every") or 0
     step = (head or {}).get("step") or max([r["step"] for r in records if "loss" in r], default=0)
@@ -83,7 +119,7 @@ def _train_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
 def _search_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
     folder = build.folder("search", st.item)
     head = _checkpoint_head(folder / "last.pt") if (folder / "last.pt").exists() else None
-    records = _log_records(folder / "search_log.jsonl", 10**9)
+    records = read_log(folder / "search_log.jsonl")
     ends = [r for r in records if "epoch_end" in r]
     epochs = ((st.inputs or {}).get("search") or {}).get("epochs")
     step = (head or {}).get("step") or 0
@@ -180,4 +216,4 @@ def collect_plots(build: ZooBuild, out: Path) -> List[Path]:
     return written
 
 
-__all__ = ["collect_plots", "format_status", "status", "training_pace"]
+__all__ = ["collect_plots", "format_status", "read_log", "status", "training_pace", "validations_over_time"]

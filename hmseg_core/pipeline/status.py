@@ -29,11 +29,10 @@ def _checkpoint_head(path: Path) -> Optional[Dict[str, Any]]:
     return {k: ckpt.get(k) for k in ("step", "epoch", "total_steps", "best_miou", "wall_s", "config")}
 
 
-def read_log(path: Path, last: Optional[int] = None) -> List[Dict[str, Any]]:
-    """The records of a ``log.jsonl`` (the ``last`` ones only, if given); unreadable lines are left out."""
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    """The records of a ``log.jsonl``; unreadable lines (a line cut by a kill) are left out."""
     try:
         lines = path.read_text().splitlines()
-        lines = lines[-last:] if last else lines
     except OSError:
         return []
     out = []

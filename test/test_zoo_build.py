@@ -261,3 +261,44 @@ def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
     assert "optimizer" not in slim and not any(k.startswith("boost.") for k in slim["model"])
     assert zoo.get("mrms").extra["latency_ms"] > 0 and zoo.get("search_0.8x").extra["distilled_from"] == "mrms"
     assert os.path.getsize(shipped / "tiny_mrms.pt") < os.path.getsize(runs / "train" / "mrms" / "best.pt")
+
+
+def test_a_variant_trained_with_the_recipe_is_adopted_not_trained_again(tmp_path):
+    """A build publishes mrms_tiny; a build elsewhere (new run folder, other threads) adopts it from that zoo
+    instead of training; a changed recipe or ``train.adopt: ""`` trains."""
+    from hmseg_core.data.synthetic import write_dataset
+    from hmseg_core.pipeline.publish import publish
+
+    data = tmp_path / "data"
+    write_dataset(data, "camvid", {"train": 8, "val": 2}, size=(48, 64), seed=0)
+    train = {**TINY["train"], "baselines": ["mrms_tiny"], "teacher": "", "adopt": ""}
+    def config(section):
+        return _config(tmp_path, **{f"train.{k}": v for k, v in section.items()})
+
+    first = load_zoo_config(config(train), data_root=str(data))
+    built = ZooBuild(first, tmp_path / "first", log=lambda s: None)
+    built.build(("train", "eval"))
+    zoo = tmp_path / "zoo"
+    publish(built, zoo, log=lambda s: None)
+
+    def elsewhere(name, **changes):
+        cfg = load_zoo_config(config({**train, "adopt": str(zoo / "zoo.yaml"), **changes}), data_root=str(data))
+        lines = []
+        return ZooBuild(cfg, tmp_path / name, log=lines.append), lines
+
+    again, lines = elsewhere("again", overrides={**train["overrides"], "threads": 2})
+    assert again.state("train", "mrms_tiny").detail == f"adopts {zoo / 'tiny_mrms_tiny.pt'} (trained with this recipe)"
+    again.build(("train", "eval"))
+    assert lines[0] == f"adopt train mrms_tiny: {zoo / 'tiny_mrms_tiny.pt'} (trained with this recipe)"
+    assert not (tmp_path / "again" / "train" / "mrms_tiny" / "log.jsonl").exists()  # nothing was trained
+    assert again.result("eval", "mrms_tiny")["miou"] == built.result("eval", "mrms_tiny")["miou"]
+    a, b = _weights(zoo / "tiny_mrms_tiny.pt"), _weights(tmp_path / "again" / "train" / "mrms_tiny" / "best.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from hmseg_core.pipeline.status import format_status, status
+
+    assert "adopted " in format_status(again, status(again))
+
+    changed, _ = elsewhere("changed", overrides={**train["overrides"], "epochs": 3})
+    assert changed.state("train", "mrms_tiny").detail == ""
+    off = load_zoo_config(config(train), data_root=str(data))
+    assert ZooBuild(off, tmp_path / "off", log=lambda s: None).state("train", "mrms_tiny").detail == ""

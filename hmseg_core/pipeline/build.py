@@ -41,6 +41,9 @@ Log = Callable[[str], None]
 WHERE = ("out_dir", "teacher", "lut")
 
 
+#: how a training step that adopts a finished checkpoint (:meth:`ZooBuild.adoptable`) begins its detail
+ADOPTS = "adopts "
+
 #: the stages whose inputs hold a whole recipe, and its config class
 RECIPES = {"train": TrainConfig, "search": SearchConfig}
 
@@ -195,7 +198,33 @@ class ZooBuild:
             if diff:
                 return StepState(stage, item, "stale", f"{folder} was started with other settings: " + ", ".join(diff[:6]), inputs)
             return StepState(stage, item, "partial", f"resumes {folder / 'last.pt'}", inputs)
-        return StepState(stage, item, "ready", "", inputs)
+        adopt = self.adoptable(item, inputs) if stage == "train" else None
+        return StepState(stage, item, "ready", f"{ADOPTS}{adopt} (trained with this recipe)" if adopt else "", inputs)
+
+    def adoptable(self, variant: str, inputs: Dict[str, Any]) -> Optional[Path]:
+        """A finished checkpoint of ``variant`` in the zoo of ``train.adopt`` (the shipped one by default)
+        trained with the planned recipe, so it need not be trained again; ``None`` if there is none.
+
+        Its recorded settings must equal the plan's but for where the data lives and the threads and
+        loader workers (they change the speed, not what is learned); a build on generated scenes adopts
+        nothing (its evaluation data comes from its own training)."""
+        from ..checkpoint import CheckpointError, load_checkpoint
+        from ..runtime.zoo import ModelZoo, ZooError
+
+        index = self.cfg.train.adopt_index()
+        if index is None or not self.cfg.data_root or not index.is_file():
+            return None
+        try:
+            entry = {v.name: v for v in ModelZoo.load(index).variants}.get(variant)
+            recorded = load_checkpoint(entry.checkpoint)["config"] if entry is not None else None
+        except (CheckpointError, ZooError, OSError, KeyError):
+            return None
+        if not isinstance(recorded, dict):
+            return None
+        ignore = ("data_root", "threads", "num_workers")
+        same = not changes({k: v for k, v in _with_defaults("train", recorded).items() if k not in ignore},
+                           {k: v for k, v in inputs["train"].items() if k not in ignore})
+        return Path(entry.checkpoint) if same else None
 
     def _folder_changes(self, stage: str, folder: Path, inputs: Dict[str, Any]) -> List[str]:
         """Keys in which the settings a run folder was started with (its ``config.yaml``) differ from the plan;
@@ -216,6 +245,9 @@ class ZooBuild:
         if stage == "search":
             return work.run_search(self.search_config(item), cfg.lut.threads, runs)
         if stage == "train":
+            adopt = self.adoptable(item, self.inputs(stage, item))
+            if adopt is not None:
+                return work.adopt_train(adopt, self.train_config(item), runs)
             return work.run_train(self.train_config(item), runs)
         if stage == "eval":
             ckpt = runs / self.result("train", item)["checkpoint"]
@@ -313,8 +345,10 @@ class ZooBuild:
                     self.log(f"stop {message}")
                     continue
                 raise BuildError(message)
-            verb = {"partial": "resume", "stale": "redo"}.get(st.state, "run")
-            self.log(f"{'would ' if dry_run else ''}{verb} {st.label}{': ' + st.detail if st.detail else ''}")
+            verb, detail = {"partial": "resume", "stale": "redo"}.get(st.state, "run"), st.detail
+            if detail.startswith(ADOPTS):
+                verb, detail = "adopt", detail[len(ADOPTS):]
+            self.log(f"{'would ' if dry_run else ''}{verb} {st.label}{': ' + detail if detail else ''}")
             if dry_run:
                 continue
             t0 = time.time()

@@ -61,6 +61,15 @@ class TrainSection:
     overrides: Dict[str, Any] = field(default_factory=dict)
     baselines: Tuple[str, ...] = ("mrms", "mrms_tiny")
     teacher: str = ""
+    adopt: str = "shipped"  # a zoo index whose variants trained with this recipe are adopted, not trained again; "": none
+
+    def adopt_index(self) -> Optional[Path]:
+        """The zoo index to adopt finished variants from (``shipped``: the zoo installed with hmseg)."""
+        from ..runtime.zoo import default_zoo_path
+
+        if not self.adopt:
+            return None
+        return default_zoo_path() if self.adopt == "shipped" else Path(self.adopt).expanduser()
 
 
 @dataclass

@@ -69,6 +69,19 @@ def run_train(cfg: TrainConfig, runs: Path) -> Dict[str, Any]:
             "teacher": cfg.teacher_digest or None}
 
 
+def adopt_train(checkpoint: Path, cfg: TrainConfig, runs: Path) -> Dict[str, Any]:
+    """A finished checkpoint trained with ``cfg``'s recipe elsewhere, copied in as the variant's ``best.pt``."""
+    from ..checkpoint import atomic_save, load_checkpoint
+
+    out = Path(cfg.out_dir)
+    ckpt = load_checkpoint(checkpoint)
+    best = out / "best.pt"
+    atomic_save(ckpt, best)
+    return {"folder": relative(out, runs), "checkpoint": relative(best, runs), "sha256": digest(best),
+            "genotype": ckpt["genotype"], "best_miou": ckpt.get("best_miou"), "steps": ckpt.get("step"), "epochs": cfg.epochs,
+            "teacher": cfg.teacher_digest or None, "adopted": str(checkpoint)}
+
+
 def run_eval(checkpoint: Path, data_root: Path, cfg: TrainConfig, report: Path, runs: Path) -> Dict[str, Any]:
     """Validation mIoU of ``checkpoint`` with the runtime's pre- and post-processing (``hmseg-core eval``)."""
     from ..evaluate import evaluate_checkpoint

@@ -73,23 +73,12 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: List[Dict[str, Any]], out: Path) -> None:
-    import matplotlib
+def plot(rows: List[Dict[str, Any]], out: Path) -> Path:
+    from hmseg_core.plots import plot_accuracy_over_time
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        v = r["validations"]
-        ax.plot([x["hours"] for x in v], [100 * x["miou"] for x in v], "o-", ms=3, label=f"{Path(r['run']).name}: {_recipe(r)}")
-    ax.axhline(rows[0]["target"], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("training wall time (h)")
-    ax.set_ylabel("val mIoU (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    series = [(f"{Path(r['run']).name}: {_recipe(r)}", [v["hours"] for v in r["validations"]], [100 * v["miou"] for v in r["validations"]])
+              for r in rows]
+    return plot_accuracy_over_time(series, rows[0]["target"], out)
 
 
 def main(argv=None) -> int:

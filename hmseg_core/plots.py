@@ -35,10 +35,7 @@ def plot_training_log(log_path: Path, out_path: Path) -> Path:
         ax2.plot(vsteps, vmiou, "o-", color="tab:red", ms=3)
         ax2.set_ylabel("val mIoU (%)", color="tab:red")
     ax.set_title(Path(log_path).parent.name)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return Path(out_path)
+    return _save(fig, out_path)
 
 
 def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlabel: str = "measured latency (ms)") -> Path:
@@ -60,6 +57,23 @@ def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlab
     ax.set_ylabel("val mIoU (%)")
     ax.set_title("zoo: accuracy against latency (red: Pareto front)")
     ax.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
+def plot_accuracy_over_time(series: Sequence[Tuple[str, Sequence[float], Sequence[float]]], target: float, out_path: Path) -> Path:
+    """Val mIoU (%) against training wall time (h), one line per ``(label, hours, miou %)``, the target dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, hours, miou in series:
+        ax.plot(hours, miou, "o-", ms=3, label=label)
+    ax.axhline(target, color="tab:gray", lw=0.8, ls="--")
+    ax.set_xlabel("training wall time (h)")
+    ax.set_ylabel("val mIoU (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

@@ -41,9 +41,6 @@ Log = Callable[[str], None]
 WHERE = ("out_dir", "teacher", "lut")
 
 
-#: how a training step that adopts a finished checkpoint (:meth:`ZooBuild.adoptable`) begins its detail
-ADOPTS = "adopts "
-
 #: the stages whose inputs hold a whole recipe, and its config class
 RECIPES = {"train": TrainConfig, "search": SearchConfig}
 
@@ -71,6 +68,7 @@ class StepState:
     detail: str = ""
     inputs: Optional[Dict[str, Any]] = None
     marker: Optional[Dict[str, Any]] = None
+    adopt: Optional[Path] = None  # a ready training step: the finished checkpoint it adopts (:meth:`ZooBuild.adoptable`)
 
     @property
     def label(self) -> str:
@@ -199,7 +197,7 @@ class ZooBuild:
                 return StepState(stage, item, "stale", f"{folder} was started with other settings: " + ", ".join(diff[:6]), inputs)
             return StepState(stage, item, "partial", f"resumes {folder / 'last.pt'}", inputs)
         adopt = self.adoptable(item, inputs) if stage == "train" else None
-        return StepState(stage, item, "ready", f"{ADOPTS}{adopt} (trained with this recipe)" if adopt else "", inputs)
+        return StepState(stage, item, "ready", f"adopts {adopt} (trained with this recipe)" if adopt else "", inputs, adopt=adopt)
 
     def adoptable(self, variant: str, inputs: Dict[str, Any]) -> Optional[Path]:
         """A finished checkpoint of ``variant`` in the zoo of ``train.adopt`` (the shipped one by default)
@@ -245,7 +243,7 @@ class ZooBuild:
         if stage == "search":
             return work.run_search(self.search_config(item), cfg.lut.threads, runs)
         if stage == "train":
-            adopt = self.adoptable(item, self.inputs(stage, item))
+            adopt = self.state(stage, item).adopt
             if adopt is not None:
                 return work.adopt_train(adopt, self.train_config(item), runs)
             return work.run_train(self.train_config(item), runs)
@@ -346,8 +344,8 @@ class ZooBuild:
                     continue
                 raise BuildError(message)
             verb, detail = {"partial": "resume", "stale": "redo"}.get(st.state, "run"), st.detail
-            if detail.startswith(ADOPTS):
-                verb, detail = "adopt", detail[len(ADOPTS):]
+            if st.adopt is not None:
+                verb, detail = "adopt", f"{st.adopt} (trained with this recipe)"
             self.log(f"{'would ' if dry_run else ''}{verb} {st.label}{': ' + detail if detail else ''}")
             if dry_run:
                 continue

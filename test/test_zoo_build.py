@@ -251,8 +251,12 @@ def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
 
         publish(build, shipped, log=lambda s: None)
     before = (shipped / "tiny_mrms_tiny.pt").read_bytes()
-    report = {r["variant"]: r["action"] for r in publish(build, shipped, allow_synthetic=True, log=lambda s: None)}
-    assert report == {"mrms": "published", "mrms_tiny": "kept shipped", "search_0.8x": "published", "search_1.2x": "published"}
+    report = {r.get("variant") or "search " + r["search"]: r["action"]
+              for r in publish(build, shipped, allow_synthetic=True, log=lambda s: None)}
+    assert report == {"mrms": "published", "mrms_tiny": "kept shipped", "search_0.8x": "published", "search_1.2x": "published",
+                      "search 0.8x": "published", "search 1.2x": "published"}
+    searches = yaml.safe_load((shipped / "searches.yaml").read_text())["searches"]
+    assert searches["0.8x"]["result"]["genotype"] == build.result("search", "0.8x")["genotype"]
     assert (shipped / "tiny_mrms_tiny.pt").read_bytes() == before
     zoo = ModelZoo.load(shipped / "zoo.yaml")
     assert [v.name for v in zoo.variants] == ["mrms_tiny", "mrms", "search_0.8x", "search_1.2x"]
@@ -302,3 +306,40 @@ def test_a_variant_trained_with_the_recipe_is_adopted_not_trained_again(tmp_path
     assert changed.state("train", "mrms_tiny").detail == ""
     off = load_zoo_config(config(train), data_root=str(data))
     assert ZooBuild(off, tmp_path / "off", log=lambda s: None).state("train", "mrms_tiny").detail == ""
+
+
+def test_a_search_with_the_recipe_is_adopted_not_searched_again(tmp_path):
+    """A build publishes its search; a build on a fresh run folder (other threads) adopts the genotype
+    from the searches file instead of searching, and trains that genotype; a changed recipe searches."""
+    from hmseg_core.data.synthetic import write_dataset
+    from hmseg_core.pipeline.publish import publish_searches
+
+    data = tmp_path / "data"
+    write_dataset(data, "camvid", {"train": 8, "val": 2}, size=(48, 64), seed=0)
+    search = {**TINY["search"], "budgets": [0.8], "adopt": ""}
+
+    def build(name, **section):
+        keys = {"train.teacher": "", **{f"search.{k}": v for k, v in {**search, **section}.items()}}
+        cfg = load_zoo_config(_config(tmp_path, **keys), data_root=str(data))
+        lines = []
+        return ZooBuild(cfg, tmp_path / name, log=lines.append), lines
+
+    first, _ = build("first")
+    first.build(("lut", "search"))
+    searches = tmp_path / "zoo" / "searches.yaml"
+    assert [r["action"] for r in publish_searches(first, searches, log=lambda s: None)] == ["published"]
+    assert [r["action"] for r in publish_searches(first, searches, log=lambda s: None)] == ["kept shipped"]
+
+    again, lines = build("again", adopt=str(searches), overrides={**search["overrides"], "threads": 2})
+    again.build(("lut", "search"))
+    assert f"adopt search 0.8x: {searches} 0.8x (searched with this recipe)" in lines
+    assert not (tmp_path / "again" / "search" / "0.8x" / "search_log.jsonl").exists()  # nothing was searched
+    assert again.result("search", "0.8x")["genotype"] == first.result("search", "0.8x")["genotype"]
+    assert again.train_config("search_0.8x").model == first.result("search", "0.8x")["genotype"]
+    from hmseg_core.pipeline.status import format_status, status
+
+    assert f"adopted {searches} 0.8x" in format_status(again, status(again))
+
+    changed, _ = build("changed", adopt=str(searches), overrides={**search["overrides"], "epochs": 2})
+    changed.build(("lut",))
+    assert changed.state("search", "0.8x").adopt is None and changed.state("search", "0.8x").state == "ready"

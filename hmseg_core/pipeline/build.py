@@ -68,7 +68,8 @@ class StepState:
     detail: str = ""
     inputs: Optional[Dict[str, Any]] = None
     marker: Optional[Dict[str, Any]] = None
-    adopt: Optional[Path] = None  # a ready training step: the finished checkpoint it adopts (:meth:`ZooBuild.adoptable`)
+    adopt: Any = None  # a ready step's adopted result: a checkpoint (train, :meth:`ZooBuild.adoptable`) or a
+    #                    shipped search's record (search, :meth:`ZooBuild.adoptable_search`)
 
     @property
     def label(self) -> str:
@@ -196,8 +197,15 @@ class ZooBuild:
             if diff:
                 return StepState(stage, item, "stale", f"{folder} was started with other settings: " + ", ".join(diff[:6]), inputs)
             return StepState(stage, item, "partial", f"resumes {folder / 'last.pt'}", inputs)
-        adopt = self.adoptable(item, inputs) if stage == "train" else None
-        return StepState(stage, item, "ready", f"adopts {adopt} (trained with this recipe)" if adopt else "", inputs, adopt=adopt)
+        if stage == "train":
+            adopt = self.adoptable(item, inputs)
+            return StepState(stage, item, "ready", f"adopts {adopt} (trained with this recipe)" if adopt else "", inputs,
+                             adopt=adopt)
+        if stage == "search":
+            adopt = self.adoptable_search(item, inputs)
+            detail = f"adopts {self.cfg.search.adopt_file()} {item} (searched with this recipe)" if adopt else ""
+            return StepState(stage, item, "ready", detail, inputs, adopt=adopt)
+        return StepState(stage, item, "ready", "", inputs)
 
     def adoptable(self, variant: str, inputs: Dict[str, Any]) -> Optional[Path]:
         """A finished checkpoint of ``variant`` in the zoo of ``train.adopt`` (the shipped one by default)
@@ -219,10 +227,25 @@ class ZooBuild:
             return None
         if not isinstance(recorded, dict):
             return None
-        ignore = ("data_root", "threads", "num_workers")
-        same = not changes({k: v for k, v in _with_defaults("train", recorded).items() if k not in ignore},
-                           {k: v for k, v in inputs["train"].items() if k not in ignore})
-        return Path(entry.checkpoint) if same else None
+        return Path(entry.checkpoint) if same_recipe("train", recorded, inputs["train"]) else None
+
+    def adoptable_search(self, label: str, inputs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The record of budget ``label``'s search in the searches file of ``search.adopt`` (the one
+        beside the shipped zoo by default) if it searched with the planned recipe; ``None`` if there is none.
+
+        The budget is a multiple of the base's latency on the machine that searched, so the genotype
+        carries to another machine as the same fraction of the base; its target in ms and its latency
+        table are that machine's, and are not compared (nor data root, threads, loader workers)."""
+        path = self.cfg.search.adopt_file()
+        if path is None or not self.cfg.data_root or not path.is_file():
+            return None
+        try:
+            record = ((yaml.safe_load(path.read_text()) or {}).get("searches") or {}).get(label)
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict) or "result" not in record:
+            return None
+        return record if same_recipe("search", record["settings"], inputs["search"], ("target",)) else None
 
     def _folder_changes(self, stage: str, folder: Path, inputs: Dict[str, Any]) -> List[str]:
         """Keys in which the settings a run folder was started with (its ``config.yaml``) differ from the plan;
@@ -241,6 +264,9 @@ class ZooBuild:
         if stage == "lut":
             return work.build_lut(cfg.lut, self.folder("lut"), runs)
         if stage == "search":
+            adopt = self.state(stage, item).adopt
+            if adopt is not None:
+                return {**adopt["result"], "adopted": f"{cfg.search.adopt_file()} {item}"}
             return work.run_search(self.search_config(item), cfg.lut.threads, runs)
         if stage == "train":
             adopt = self.state(stage, item).adopt
@@ -345,7 +371,7 @@ class ZooBuild:
                 raise BuildError(message)
             verb, detail = {"partial": "resume", "stale": "redo"}.get(st.state, "run"), st.detail
             if st.adopt is not None:
-                verb, detail = "adopt", f"{st.adopt} (trained with this recipe)"
+                verb, detail = "adopt", st.detail.removeprefix("adopts ")
             self.log(f"{'would ' if dry_run else ''}{verb} {st.label}{': ' + detail if detail else ''}")
             if dry_run:
                 continue
@@ -366,6 +392,14 @@ def _with_defaults(stage: str, recorded: Dict[str, Any]) -> Dict[str, Any]:
     """Settings recorded by an earlier run as step inputs, the keys they predate at their defaults: a key
     added to the recipe later, left at its default, changes nothing that run computed."""
     return _settings({**RECIPES[stage]().to_dict(), **recorded})
+
+
+def same_recipe(stage: str, recorded: Dict[str, Any], planned: Dict[str, Any], also: Sequence[str] = ()) -> bool:
+    """Whether settings recorded elsewhere learn what the plan learns: equal but for where the data lives,
+    the threads and loader workers (they change the speed only) and the keys ``also``."""
+    ignore = ("data_root", "threads", "num_workers", *also)
+    return not changes({k: v for k, v in _with_defaults(stage, recorded).items() if k not in ignore},
+                       {k: v for k, v in planned.items() if k not in ignore})
 
 
 def _settings(d: Dict[str, Any]) -> Dict[str, Any]:

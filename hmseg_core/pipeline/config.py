@@ -50,6 +50,11 @@ class SearchSection:
     config: str = "search_camvid.yaml"
     budgets: Tuple[float, ...] = (0.5, 1.0, 1.5)
     overrides: Dict[str, Any] = field(default_factory=dict)
+    adopt: str = "shipped"  # a searches file whose results for this recipe are adopted, not searched again; "": none
+
+    def adopt_file(self) -> Optional[Path]:
+        """The searches file to adopt finished searches from (``shipped``: the one beside the shipped zoo)."""
+        return _adopt_path(self.adopt, SEARCHES_FILE)
 
 
 @dataclass
@@ -65,11 +70,20 @@ class TrainSection:
 
     def adopt_index(self) -> Optional[Path]:
         """The zoo index to adopt finished variants from (``shipped``: the zoo installed with hmseg)."""
-        from ..runtime.zoo import default_zoo_path
+        return _adopt_path(self.adopt, "zoo.yaml")
 
-        if not self.adopt:
-            return None
-        return default_zoo_path() if self.adopt == "shipped" else Path(self.adopt).expanduser()
+
+#: beside a zoo index, the searches its variants came from (written by ``zoo publish``, adopted by ``zoo build``)
+SEARCHES_FILE = "searches.yaml"
+
+
+def _adopt_path(adopt: str, shipped_name: str) -> Optional[Path]:
+    """Where ``adopt`` points: nowhere (empty), ``shipped_name`` beside the shipped zoo index, or a path."""
+    from ..runtime.zoo import default_zoo_path
+
+    if not adopt:
+        return None
+    return default_zoo_path().with_name(shipped_name) if adopt == "shipped" else Path(adopt).expanduser()
 
 
 @dataclass
@@ -259,4 +273,4 @@ def runs_dir(cfg: ZooConfig, runs: Optional[str] = None) -> Path:
     return Path(chosen).expanduser() if chosen else default_runs_root() / cfg.name
 
 
-__all__ = ["ExportSection", "LutSection", "MeasureSection", "SearchSection", "TrainSection", "ZooConfig", "load_zoo_config", "runs_dir"]
+__all__ = ["SEARCHES_FILE", "ExportSection", "LutSection", "MeasureSection", "SearchSection", "TrainSection", "ZooConfig", "load_zoo_config", "runs_dir"]

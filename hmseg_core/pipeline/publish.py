@@ -6,6 +6,10 @@ index entry carrying its val mIoU, genotype, params, MACs and, once measured, it
 build machine. A variant the shipped index already has with an mIoU at least as high is kept as it
 is; entries the build does not make are kept too. The index is rewritten atomically, its leading
 comment kept.
+
+Beside the index, ``searches.yaml`` keeps each finished search (its recipe, the budget-fitted genotype,
+the machine that searched), so that a build on a fresh machine adopts it instead of searching again
+(``search.adopt``); a search the file already has with the same recipe is kept as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-from .build import BuildError, ZooBuild, latency_entry
+import yaml
+
+from .build import BuildError, ZooBuild, same_recipe, latency_entry
+from .config import SEARCHES_FILE
 
 Log = Callable[[str], None]
 
@@ -77,6 +84,35 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
         order = [v.name for v in shipped] + [n for n in entries if n not in {v.name for v in shipped}]
         comment = _comment(index) or f"Trained {cfg.name} variants; mIoU on the validation split (hmseg-core zoo publish)."
         ModelZoo([entries[n] for n in order], index).save(index, comment=comment)
+    return report + publish_searches(build, to / SEARCHES_FILE, log)
+
+
+def publish_searches(build: ZooBuild, path: Path, log: Log = print) -> List[Dict[str, Any]]:
+    """Write the build's finished searches into the searches file ``path``; returns what happened to each."""
+    from ..io import atomic_write_text
+
+    shipped = (yaml.safe_load(path.read_text()) or {}).get("searches") or {} if path.is_file() else {}
+    lut = build.state("lut")
+    searched_on = (lut.inputs or {}).get("machine", {}).get("cpu") if lut.state == "done" else None
+    report = []
+    for budget in build.cfg.search.budgets:
+        label = build.cfg.budget_label(budget)
+        st = build.state("search", label)
+        if st.state != "done":
+            continue
+        settings, old = st.inputs["search"], shipped.get(label)
+        if isinstance(old, dict) and isinstance(old.get("settings"), dict) and same_recipe("search", old["settings"], settings, ("target",)):
+            report.append({"search": label, "action": "kept shipped"})
+            continue
+        result = {k: v for k, v in st.marker["result"].items() if k not in ("folder", "adopted")}
+        shipped[label] = {"settings": settings, "result": result, "searched_on": searched_on,
+                          "base_measured_ms": lut.marker["result"]["base_measured_ms"]}
+        log(f"publish search {label}: {result['genotype']} -> {path}")
+        report.append({"search": label, "action": "published", "file": str(path)})
+    if any(r["action"] == "published" for r in report):
+        header = ("# Finished searches of the shipped zoo (hmseg-core zoo publish): `zoo build` adopts the one of a\n"
+                  "# budget whose recipe it plans instead of searching again (search.adopt).\n")
+        atomic_write_text(path, header + yaml.safe_dump({"searches": shipped}, sort_keys=False))
     return report
 
 

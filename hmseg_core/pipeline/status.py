@@ -138,10 +138,10 @@ def _summary(st: StepState) -> str:
     r = (st.marker or {}).get("result", {})
     if st.stage == "lut":
         return f"{r.get('entries')} entries; {r.get('base')} measured {r.get('base_measured_ms', 0):.2f} ms"
+    if st.stage in ("train", "search") and r.get("adopted"):
+        return f"adopted {r['adopted']}"
     if st.stage == "search":
         return f"R {r.get('target_ms', 0):.2f} ms, fitted {r.get('predicted_ms', 0):.2f} ms{'' if r.get('in_band') else ' (out of band)'}"
-    if st.stage == "train" and r.get("adopted"):
-        return f"adopted {r['adopted']}"
     if st.stage == "eval":
         return f"val mIoU {100 * r.get('miou', 0):.2f} % on {r.get('images')} images"
     if st.stage == "export":

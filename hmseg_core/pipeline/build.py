@@ -10,7 +10,9 @@ produced); its state is
   (lut, search, train) stops the build there (``--redo stage:item`` sets the old run aside); a
   cheap one runs again;
 * ``partial``: a training or search run folder with a ``last.pt`` and the same settings: resumed;
-* ``ready``: nothing there yet; ``waiting``: an upstream step is not done.
+* ``ready``: nothing there yet (a search or training step may then adopt a result finished elsewhere
+  with the same recipe: :meth:`ZooBuild.adoptable_search`, :meth:`ZooBuild.adoptable`); ``waiting``: an
+  upstream step is not done.
 """
 
 from __future__ import annotations

@@ -257,6 +257,7 @@ def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
                       "search 0.8x": "published", "search 1.2x": "published"}
     searches = yaml.safe_load((shipped / "searches.yaml").read_text())["searches"]
     assert searches["0.8x"]["result"]["genotype"] == build.result("search", "0.8x")["genotype"]
+    assert "data_root" not in searches["0.8x"]["settings"]  # a path of the machine that searched
     assert (shipped / "tiny_mrms_tiny.pt").read_bytes() == before
     zoo = ModelZoo.load(shipped / "zoo.yaml")
     assert [v.name for v in zoo.variants] == ["mrms_tiny", "mrms", "search_0.8x", "search_1.2x"]

@@ -105,7 +105,8 @@ def publish_searches(build: ZooBuild, path: Path, log: Log = print) -> List[Dict
             report.append({"search": label, "action": "kept shipped"})
             continue
         result = {k: v for k, v in st.marker["result"].items() if k not in ("folder", "adopted")}
-        shipped[label] = {"settings": settings, "result": result, "searched_on": searched_on,
+        shipped[label] = {"settings": {k: v for k, v in settings.items() if k != "data_root"},  # a machine's path
+                          "result": result, "searched_on": searched_on,
                           "base_measured_ms": lut.marker["result"]["base_measured_ms"]}
         log(f"publish search {label}: {result['genotype']} -> {path}")
         report.append({"search": label, "action": "published", "file": str(path)})

@@ -228,6 +228,8 @@ class Probe:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
+        from hmseg_ros.node_main import spin_in_background
+
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("bench_probe", context=self.context)
@@ -244,16 +246,7 @@ class Probe:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._thread = spin_in_background(self.executor)
 
     def _on_labels(self, msg) -> None:
         now = self.node.get_clock().now().nanoseconds

@@ -62,6 +62,21 @@ def spin_until(done: Callable[[Node], bool], drain: int = 0) -> Callable[[Node],
 spin_forever = spin_until(lambda node: False)
 
 
+def spin_in_background(executor, name: str = "hmseg_spin") -> threading.Thread:
+    """Spin ``executor`` in a daemon thread until its context shuts down (a client of the nodes, e.g. a
+    test harness or a benchmark, that keeps its own main thread); join the thread after the shutdown."""
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    thread = threading.Thread(target=spin, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 

@@ -7,7 +7,6 @@ so concurrent sessions on one machine never see each other's topics.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -57,20 +56,13 @@ class Spinner:
         import rclpy
         from rclpy.executors import MultiThreadedExecutor
 
+        from hmseg_ros.node_main import spin_in_background
+
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.nodes = []
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._thread = spin_in_background(self.executor)
 
     def add(self, node):
         self.nodes.append(node)

@@ -397,3 +397,20 @@ def test_a_slow_spell_moves_one_block_of_a_measurement_not_its_p95():
     periodic = [40.0 if i % 4 == 0 else 10.0 for i in range(21)]  # a real cost every 4th frame is kept
     assert LatencyStats.from_samples(periodic, blocks=3).p95 == 40.0
     assert LatencyStats.from_samples([5.0, 7.0], blocks=3).p95 == LatencyStats.from_samples([5.0, 7.0]).p95  # too few to split
+
+
+@pytest.mark.slow
+def test_two_budgets_select_two_variants_of_the_shipped_zoo():
+    """On this machine, the shipped zoo's variants measured as the node measures them (torch): a budget
+    of the fastest's p95 runs the fastest, no budget the most accurate, and they are not the same variant."""
+    from hmseg_core.runtime import ZooLatencies, default_zoo_path
+
+    zoo = ModelZoo.load(default_zoo_path())
+    assert len(zoo.variants) >= 2, f"{default_zoo_path()} ships {len(zoo.variants)} variant(s)"
+    latencies = ZooLatencies(zoo, (360, 480), "torch", iterations=10, warmup=2)
+    loose = latencies.select(0.0)
+    fastest = min((latencies.measure(v) for v in zoo.variants), key=lambda m: m.latency.p95)
+    tight = latencies.select(fastest.latency.p95)
+    assert tight.fits and tight.variant.name == fastest.variant.name
+    assert loose.variant.name != tight.variant.name, tight.describe()
+    assert loose.variant.miou > tight.variant.miou

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,10 +263,21 @@ def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
     zoo = ModelZoo.load(shipped / "zoo.yaml")
     assert [v.name for v in zoo.variants] == ["mrms_tiny", "mrms", "search_0.8x", "search_1.2x"]
     assert zoo.get("mrms_tiny").miou == 0.99 and (shipped / "zoo.yaml").read_text().startswith("# shipped variants\n")
+    assert "latency" not in zoo.get("mrms_tiny").extra  # no genotype in its entry: not known to be the network measured
     slim = load_checkpoint(shipped / "tiny_mrms.pt")
     assert "optimizer" not in slim and not any(k.startswith("boost.") for k in slim["model"])
     assert zoo.get("mrms").extra["latency_ms"] > 0 and zoo.get("search_0.8x").extra["distilled_from"] == "mrms"
     assert os.path.getsize(shipped / "tiny_mrms.pt") < os.path.getsize(runs / "train" / "mrms" / "best.pt")
+
+    # the same network shipped (its genotype in the entry): kept, with the latencies of this build's run
+    kept = replace(zoo.get("mrms_tiny"), extra={"genotype": build.result("train", "mrms_tiny")["genotype"]})
+    ModelZoo([kept] + zoo.variants[1:]).save(shipped / "zoo.yaml")
+    again = [r for r in publish(build, shipped, allow_synthetic=True, log=lambda s: None) if r.get("variant") == "mrms_tiny"]
+    assert again == [{"variant": "mrms_tiny", "action": "kept shipped", "shipped_miou": 0.99,
+                      "built_miou": again[0]["built_miou"], "latencies": "measured"}]
+    refreshed = ModelZoo.load(shipped / "zoo.yaml").get("mrms_tiny")
+    assert refreshed.miou == 0.99 and refreshed.extra["latency_ms"] > 0 and refreshed.extra["genotype"] == kept.extra["genotype"]
+    assert (shipped / "tiny_mrms_tiny.pt").read_bytes() == before
 
 
 def test_a_variant_trained_with_the_recipe_is_adopted_not_trained_again(tmp_path):

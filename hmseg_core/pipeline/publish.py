@@ -3,8 +3,9 @@
 Each variant whose validation is done is written as ``<to>/<zoo name>_<variant>.pt``
 (:func:`~hmseg_core.checkpoint.inference_checkpoint`: no optimizer state, no boosting heads) with an
 index entry carrying its val mIoU, genotype, params, MACs and, once measured, its latencies on the
-build machine. A variant the shipped index already has with an mIoU at least as high is kept as it
-is; entries the build does not make are kept too. The index is rewritten atomically, its leading
+build machine. A variant the shipped index already has with an mIoU at least as high is kept (its
+latencies replaced by the build's when it is the same network, so that all are of one run); entries
+the build does not make are kept too. The index is rewritten atomically, its leading
 comment kept.
 
 Beside the index, ``searches.yaml`` keeps each finished search (its recipe, the budget-fitted genotype,
@@ -14,6 +15,7 @@ the machine that searched), so that a build on a fresh machine adopts it instead
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -54,6 +56,15 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
     latency = measure.marker["result"]["latency"] if measure.state == "done" else {}
     backend = build.pareto_backend()
     report = []
+
+    def measured(name: str) -> Dict[str, Any]:
+        """The build's latencies of ``name`` as index keys (none before the measure stage)."""
+        if name not in latency:
+            return {}
+        return {"latency_ms": latency[name].get(backend, {}).get("total_p95_ms"),
+                "latency": {b: latency_entry(s) for b, s in latency[name].items()},
+                "measured_on": f"{cpu_model()}, {cfg.measure.threads} threads"}
+
     for name in cfg.variants():
         ev = build.state("eval", name)
         if ev.state != "done":
@@ -61,11 +72,15 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
             continue
         miou = ev.marker["result"]["miou"]
         old = entries.get(name)
+        trained = build.result("train", name)
         if old is not None and old.miou >= miou:
             log(f"keep shipped {name}: val mIoU {100 * old.miou:.2f} % >= built {100 * miou:.2f} %")
             report.append({"variant": name, "action": "kept shipped", "shipped_miou": old.miou, "built_miou": miou})
+            if measured(name) and old.extra.get("genotype") == trained["genotype"]:
+                # the same network, so the build's latencies are the shipped one's: every entry measured in one run
+                entries[name] = replace(old, extra={**old.extra, **measured(name)})
+                report[-1]["latencies"] = "measured"
             continue
-        trained = build.result("train", name)
         dest = to / f"{cfg.name}_{name}.pt"
         atomic_save(inference_checkpoint(load_checkpoint(build.runs / trained["checkpoint"])), dest)
         params, macs = network_costs(dest, cfg.export.input_size)
@@ -73,14 +88,10 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
                                  "input_size": list(cfg.export.input_size), "epochs": trained["epochs"]}
         if cfg.train.teacher and name != cfg.train.teacher:
             extra["distilled_from"] = cfg.train.teacher
-        if name in latency:
-            extra["latency_ms"] = latency[name].get(backend, {}).get("total_p95_ms")
-            extra["latency"] = {b: latency_entry(s) for b, s in latency[name].items()}
-            extra["measured_on"] = f"{cpu_model()}, {cfg.measure.threads} threads"
-        entries[name] = Variant(name, dest, miou, extra)
+        entries[name] = Variant(name, dest, miou, {**extra, **measured(name)})
         log(f"publish {name}: val mIoU {100 * miou:.2f} % -> {dest}")
         report.append({"variant": name, "action": "published", "miou": miou, "file": str(dest)})
-    if any(r["action"] == "published" for r in report):
+    if any(r["action"] == "published" or "latencies" in r for r in report):
         order = [v.name for v in shipped] + [n for n in entries if n not in {v.name for v in shipped}]
         comment = _comment(index) or f"Trained {cfg.name} variants; mIoU on the validation split (hmseg-core zoo publish)."
         ModelZoo([entries[n] for n in order], index).save(index, comment=comment)

@@ -281,12 +281,12 @@ def test_shipped_zoo_loads_and_segments():
     from hmseg_core.runtime import default_zoo_path
 
     zoo = ModelZoo.load(default_zoo_path())
-    assert [v.name for v in zoo.variants] == ["mrms_tiny"]
-    variant = zoo.get("mrms_tiny")
-    assert 0.6 <= variant.miou <= 1.0
-    seg = Segmenter(variant.checkpoint)
-    labels = seg(np.zeros((60, 80, 3), np.uint8))
-    assert labels.shape == (60, 80) and int(labels.max()) < 11
+    assert [v.name for v in zoo.variants] == ["mrms_tiny", "search_0.5x"]
+    for variant in zoo.variants:
+        assert 0.55 <= variant.miou <= 1.0 and variant.extra["genotype"] and variant.extra["latency_ms"] > 0
+        seg = Segmenter(variant.checkpoint)
+        labels = seg(np.zeros((60, 80, 3), np.uint8))
+        assert labels.shape == (60, 80) and int(labels.max()) < 11
 
 
 # ---------------------------------------------------------------------------- confidence and huge frames

@@ -71,14 +71,13 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
             report.append({"variant": name, "action": "not finished", "state": ev.state})
             continue
         miou = ev.marker["result"]["miou"]
-        old = entries.get(name)
-        trained = build.result("train", name)
+        old, trained, lat = entries.get(name), build.result("train", name), measured(name)
         if old is not None and old.miou >= miou:
             log(f"keep shipped {name}: val mIoU {100 * old.miou:.2f} % >= built {100 * miou:.2f} %")
             report.append({"variant": name, "action": "kept shipped", "shipped_miou": old.miou, "built_miou": miou})
-            if measured(name) and old.extra.get("genotype") == trained["genotype"]:
+            if lat and old.extra.get("genotype") == trained["genotype"]:
                 # the same network, so the build's latencies are the shipped one's: every entry measured in one run
-                entries[name] = replace(old, extra={**old.extra, **measured(name)})
+                entries[name] = replace(old, extra={**old.extra, **lat})
                 report[-1]["latencies"] = "measured"
             continue
         dest = to / f"{cfg.name}_{name}.pt"
@@ -88,7 +87,7 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
                                  "input_size": list(cfg.export.input_size), "epochs": trained["epochs"]}
         if cfg.train.teacher and name != cfg.train.teacher:
             extra["distilled_from"] = cfg.train.teacher
-        entries[name] = Variant(name, dest, miou, {**extra, **measured(name)})
+        entries[name] = Variant(name, dest, miou, {**extra, **lat})
         log(f"publish {name}: val mIoU {100 * miou:.2f} % -> {dest}")
         report.append({"variant": name, "action": "published", "miou": miou, "file": str(dest)})
     if any(r["action"] == "published" or "latencies" in r for r in report):

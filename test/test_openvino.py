@@ -1,4 +1,5 @@
-"""The OpenVINO backend on a package's ONNX exports: the same labels as torch, the whole frame, clear errors."""
+"""The backends on a package's ONNX exports: OpenVINO (the same labels as torch, the whole frame, clear
+errors), and ONNX Runtime's per-node profile."""
 
 import numpy as np
 import pytest
@@ -129,3 +130,23 @@ def test_eval_on_a_backend_gives_the_mIoU_of_the_deployed_path(package, camvid_f
     assert reports["openvino"]["confusion_matrix"] == reports["torch"]["confusion_matrix"]
     assert main(["eval", "--checkpoint", str(package), "--data-root", str(camvid_fixture), "--backend", "openvino",
                  "--input-size", "32x48"]) == 2
+
+
+def test_onnxruntime_profile_lists_every_node_of_the_frame_graph(package, capsys):
+    import onnx
+
+    from hmseg_core.cli import main
+    from hmseg_core.deploy.bench import profile_onnxruntime
+
+    graph = onnx.load(str(package / "labels.onnx")).graph
+    first = next(n for n in graph.node if graph.input[0].name in n.input)
+    assert first.op_type == "Transpose"  # the uint8 image goes to NCHW before any arithmetic (see FramePath)
+    frame_ms, nodes = profile_onnxruntime(package, runs=4, warmup=1, threads=1)
+    ops = {n.name.rsplit(" (", 1)[1].rstrip(")") for n in nodes}
+    assert {"Conv", "ArgMax", "Transpose"} <= ops
+    assert all(n.calls == 1 for n in nodes if n.name.endswith("(ArgMax)"))
+    assert [n.ms for n in nodes] == sorted((n.ms for n in nodes), reverse=True) and frame_ms > 0
+    assert 0 < sum(n.ms for n in nodes) <= frame_ms * 1.05
+    assert main(["profile", str(package), "--backend", "onnxruntime", "--runs", "2", "--threads", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(") | 1 |") >= 1 and "more |" in out

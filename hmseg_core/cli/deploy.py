@@ -102,9 +102,10 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..deploy.bench import format_kernels, profile_kernels
+    from ..deploy.bench import format_kernels, profile_kernels, profile_onnxruntime
 
-    frame_ms, kernels = profile_kernels(args.package, args.runs, threads=args.threads)
+    profile = profile_onnxruntime if args.backend == "onnxruntime" else profile_kernels
+    frame_ms, kernels = profile(args.package, args.runs, threads=args.threads)
     print(format_kernels(frame_ms, kernels, args.top))
     return 0
 
@@ -159,8 +160,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("profile", help="time of each kernel of a package's TVM library per frame (where tuning pays)")
+    p = sub.add_parser("profile", help="time of each kernel of a package's TVM library (where tuning pays), or of each "
+                                       "node of its ONNX Runtime graph, per frame")
     p.add_argument("package", help="model package directory")
+    p.add_argument("--backend", choices=["tvm", "onnxruntime"], default="tvm")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25, help="kernels listed (the rest are summed)")

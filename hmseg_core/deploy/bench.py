@@ -252,6 +252,48 @@ def profile_vm(vm, input_size: Tuple[int, int], frame: Optional[str], params: Se
     return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
 
 
+def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
+    """:func:`profile_kernels` for ONNX Runtime: each node of the package's whole-frame ONNX graph
+    (``labels.onnx``; ``model.onnx`` in older packages), from ORT's own profiler, as ORT runs it
+    deployed (the node's session options, after ORT's graph rewrites: its NCHWc layout nodes and
+    the reorders between them appear as nodes of their own). Names read ``node (OpType)``."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from ..runtime.backends.onnxruntime_backend import session_options
+
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    pkg = ModelPackage.load(package)
+    if pkg.onnx is None:
+        raise ValueError(f"{pkg.root}: the package has no ONNX model; export it again without --no-onnx")
+    frame = pkg.onnx.get("frame_file")
+    h, w = pkg.input_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) if frame else rng.random((1, 3, h, w), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="hmseg-ort-profile-") as tmp:
+        options = session_options(ort, threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(pkg.path(frame or pkg.onnx["file"])), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        frames = time_calls(lambda: session.run(None, feed), runs, warmup=warmup)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    # the last `runs` model runs are the timed ones; their node events lie inside them
+    runs_at = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[-runs:]
+    totals: Dict[str, float] = {}
+    calls: Dict[str, int] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and runs_at and e["ts"] >= runs_at[0]:
+            name = f"{e['name'][:-len('_kernel_time')]} ({e['args'].get('op_name', '?')})"
+            totals[name] = totals.get(name, 0.0) + e["dur"]
+            calls[name] = calls.get(name, 0) + 1
+    kernels = [KernelTime(n, calls[n] // runs, totals[n] / 1e3 / runs) for n in totals]
+    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+
+
 def format_kernels(frame_ms: float, kernels: Sequence[KernelTime], top: int = 25) -> str:
     total = sum(k.ms for k in kernels) or 1.0
     lines = [f"frame median {frame_ms:.2f} ms (instrumented), {len(kernels)} kernels, sum {total:.2f} ms",

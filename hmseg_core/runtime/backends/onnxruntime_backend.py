@@ -11,6 +11,19 @@ from ..source import ModelSource
 from . import BackendUnavailable, require_package
 
 
+def session_options(ort, threads: int = 0):
+    """The session options every hmseg ONNX Runtime session runs with: ``threads`` intra-op
+    threads (0: PyTorch's count), workers that sleep between parallel sections."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    # ORT's workers spin after every parallel section by default. On a robot's CPU, shared with
+    # the camera driver, the ROS executor and other nodes, that takes cores from them: PyTorch
+    # run right after ORT in one process took 51 ms instead of 23 ms; ORT itself lost nothing
+    # measurable without it (9.9 vs 10.2 ms, docs/RESULTS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime session over the BN-folded network at the package's input size."""
 
@@ -26,13 +39,7 @@ class OnnxRuntimeBackend:
         if package.onnx is None:
             raise PackageError(f"{package.root}: the package has no ONNX model; export it again without --no-onnx")
         path = package.path(package.onnx["file"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        # ORT's workers spin after every parallel section by default. On a robot's CPU, shared with
-        # the camera driver, the ROS executor and other nodes, that takes cores from them: PyTorch
-        # run right after ORT in one process took 51 ms instead of 23 ms; ORT itself lost nothing
-        # measurable without it (9.9 vs 10.2 ms, docs/RESULTS.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(ort, threads)
         providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else []
         providers = [p for p in providers if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
         self.session = self._session(ort, path, options, providers)

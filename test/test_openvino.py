@@ -132,21 +132,29 @@ def test_eval_on_a_backend_gives_the_mIoU_of_the_deployed_path(package, camvid_f
                  "--input-size", "32x48"]) == 2
 
 
-def test_onnxruntime_profile_lists_every_node_of_the_frame_graph(package, capsys):
+def test_the_frame_graph_normalises_nchw_and_takes_the_argmax_over_nhwc(package):
     import onnx
-
-    from hmseg_core.cli import main
-    from hmseg_core.deploy.bench import profile_onnxruntime
 
     graph = onnx.load(str(package / "labels.onnx")).graph
     first = next(n for n in graph.node if graph.input[0].name in n.input)
-    assert first.op_type == "Transpose"  # the uint8 image goes to NCHW before any arithmetic (see FramePath)
-    frame_ms, nodes = profile_onnxruntime(package, runs=4, warmup=1, threads=1)
-    ops = {n.name.rsplit(" (", 1)[1].rstrip(")") for n in nodes}
-    assert {"Conv", "ArgMax", "Transpose"} <= ops
-    assert all(n.calls == 1 for n in nodes if n.name.endswith("(ArgMax)"))
+    assert first.op_type == "Transpose"  # ORT broadcasts over a last axis of 3 element by element (FramePath)
+    (argmax,) = [n for n in graph.node if n.op_type == "ArgMax"]
+    axis = next(a.i for a in argmax.attribute if a.name == "axis")
+    assert axis in (-1, 3)  # OpenVINO's TopK over NCHW channels cost half the frame
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_profile_lists_every_node_of_the_frame_graph(package, backend, capsys):
+    from hmseg_core.cli import main
+    from hmseg_core.deploy.bench import profile_onnxruntime, profile_openvino
+
+    profile = {"onnxruntime": profile_onnxruntime, "openvino": profile_openvino}[backend]
+    frame_ms, nodes = profile(package, runs=4, warmup=1, threads=1)
+    ops = [n.name.rsplit(" (", 1)[1] for n in nodes]
+    assert any(op.startswith("Conv") for op in ops) and any("ArgM" in op or "TopK" in op for op in ops)
+    assert all(n.calls == 1 for n in nodes)  # the frame graph has no loops: every node runs once a frame
     assert [n.ms for n in nodes] == sorted((n.ms for n in nodes), reverse=True) and frame_ms > 0
     assert 0 < sum(n.ms for n in nodes) <= frame_ms * 1.05
-    assert main(["profile", str(package), "--backend", "onnxruntime", "--runs", "2", "--threads", "1", "--top", "3"]) == 0
+    assert main(["profile", str(package), "--backend", backend, "--runs", "2", "--threads", "1", "--top", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.count(") | 1 |") >= 1 and "more |" in out
+    assert out.count(") | 1 |") == 3 and "more |" in out

@@ -102,9 +102,9 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..deploy.bench import format_kernels, profile_kernels, profile_onnxruntime
+    from ..deploy.bench import format_kernels, profile_kernels, profile_onnxruntime, profile_openvino
 
-    profile = profile_onnxruntime if args.backend == "onnxruntime" else profile_kernels
+    profile = {"tvm": profile_kernels, "onnxruntime": profile_onnxruntime, "openvino": profile_openvino}[args.backend]
     frame_ms, kernels = profile(args.package, args.runs, threads=args.threads)
     print(format_kernels(frame_ms, kernels, args.top))
     return 0
@@ -161,9 +161,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="time of each kernel of a package's TVM library (where tuning pays), or of each "
-                                       "node of its ONNX Runtime graph, per frame")
+                                       "node of its ONNX graph on ONNX Runtime or OpenVINO, per frame")
     p.add_argument("package", help="model package directory")
-    p.add_argument("--backend", choices=["tvm", "onnxruntime"], default="tvm")
+    p.add_argument("--backend", choices=["tvm", "onnxruntime", "openvino"], default="tvm")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25, help="kernels listed (the rest are summed)")

@@ -266,18 +266,12 @@ def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, th
 
     if runs < 1:
         raise ValueError("runs must be >= 1")
-    pkg = ModelPackage.load(package)
-    if pkg.onnx is None:
-        raise ValueError(f"{pkg.root}: the package has no ONNX model; export it again without --no-onnx")
-    frame = pkg.onnx.get("frame_file")
-    h, w = pkg.input_size
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) if frame else rng.random((1, 3, h, w), dtype=np.float32)
+    _, x, path = _profile_input(package)
     with tempfile.TemporaryDirectory(prefix="hmseg-ort-profile-") as tmp:
         options = session_options(ort, threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(pkg.path(frame or pkg.onnx["file"])), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x}
         frames = time_calls(lambda: session.run(None, feed), runs, warmup=warmup)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -292,6 +286,50 @@ def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, th
             calls[name] = calls.get(name, 0) + 1
     kernels = [KernelTime(n, calls[n] // runs, totals[n] / 1e3 / runs) for n in totals]
     return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+
+
+def profile_openvino(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
+    """:func:`profile_kernels` for OpenVINO FP32: each executed node of the package's whole-frame
+    graph as the CPU plugin compiled it (its own fusions; ``PERF_COUNT``). Names read
+    ``node (type: kernel)``, the kernel being the plugin's implementation (e.g. ``jit_avx512_FP32``)."""
+    import openvino as ov
+
+    from ..runtime.backends.openvino_backend import compile_config
+
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    pkg, x, path = _profile_input(package)
+    request = ov.Core().compile_model(str(path), "CPU", {**compile_config("f32", threads), "PERF_COUNT": True}).create_infer_request()
+    totals: Dict[str, float] = {}
+    calls: Dict[str, int] = {}
+
+    def run() -> None:
+        request.infer({0: x})
+
+    for _ in range(warmup):
+        run()
+    frames = []
+    for _ in range(runs):
+        frames += time_calls(run, 1)
+        for info in request.profiling_info:
+            if info.status == info.Status.EXECUTED:
+                name = f"{info.node_name} ({info.node_type}: {info.exec_type})"
+                totals[name] = totals.get(name, 0.0) + info.real_time.total_seconds() * 1e3
+                calls[name] = calls.get(name, 0) + 1
+    kernels = [KernelTime(n, calls[n] // runs, totals[n] / runs) for n in totals]
+    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+
+
+def _profile_input(package: str | Path) -> Tuple[ModelPackage, np.ndarray, Path]:
+    """A package's whole-frame ONNX graph (``model.onnx`` in older packages) and a random input for it."""
+    pkg = ModelPackage.load(package)
+    if pkg.onnx is None:
+        raise ValueError(f"{pkg.root}: the package has no ONNX model; export it again without --no-onnx")
+    frame = pkg.onnx.get("frame_file")
+    h, w = pkg.input_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) if frame else rng.random((1, 3, h, w), dtype=np.float32)
+    return pkg, x, pkg.path(frame or pkg.onnx["file"])
 
 
 def format_kernels(frame_ms: float, kernels: Sequence[KernelTime], top: int = 25) -> str:

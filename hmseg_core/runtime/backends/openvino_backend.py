@@ -16,6 +16,16 @@ from ..source import ModelSource
 from . import BackendUnavailable, require_package
 
 
+def compile_config(precision: str = "f32", threads: int = 0) -> dict:
+    """The CPU plugin's settings every hmseg OpenVINO model is compiled with."""
+    return {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+        "PERFORMANCE_HINT": "LATENCY",  # one frame at a time, as a camera delivers them
+        "NUM_STREAMS": 1,
+    }
+
+
 class OpenVINOBackend:
     """OpenVINO compiled models of ``model.onnx`` (the network) and ``labels.onnx`` (the whole frame)."""
 
@@ -34,12 +44,7 @@ class OpenVINOBackend:
         if package.onnx is None:
             raise PackageError(f"{package.root}: the package has no ONNX model; export it again without --no-onnx")
         core = ov.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-            "PERFORMANCE_HINT": "LATENCY",  # one frame at a time, as a camera delivers them
-            "NUM_STREAMS": 1,
-        }
+        config = compile_config(self.precision, threads)
         self.input_size = package.input_size
         self.network = self._compile(core, package.path(package.onnx["file"]), config)
         frame = package.onnx.get("frame_file")  # the whole frame (RGB uint8 in, labels out); absent in older packages

@@ -281,7 +281,7 @@ def test_shipped_zoo_loads_and_segments():
     from hmseg_core.runtime import default_zoo_path
 
     zoo = ModelZoo.load(default_zoo_path())
-    assert [v.name for v in zoo.variants] == ["mrms_tiny", "search_0.5x"]
+    assert [v.name for v in zoo.variants] == ["mrms_tiny", "search_0.5x", "search_1x"]
     assert 0.6 <= zoo.get("mrms_tiny").miou <= 1.0
     for variant in zoo.variants:
         assert 0.55 <= variant.miou <= 1.0 and variant.extra["genotype"] and variant.extra["latency_ms"] > 0

@@ -202,6 +202,26 @@ class KernelTime:
     ms: float
 
 
+class _KernelTally:
+    """Per-kernel time and calls summed over ``runs`` profiled frames; ``kernels()`` gives them per
+    frame, slowest first."""
+
+    def __init__(self, runs: int):
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
+        self.runs = runs
+        self.ms: Dict[str, float] = {}
+        self.calls: Dict[str, int] = {}
+
+    def add(self, name: str, ms: float) -> None:
+        self.ms[name] = self.ms.get(name, 0.0) + ms
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def kernels(self) -> List[KernelTime]:
+        kernels = [KernelTime(n, self.calls[n] // self.runs, ms / self.runs) for n, ms in self.ms.items()]
+        return sorted(kernels, key=lambda k: -k.ms)
+
+
 def profile_kernels(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
     """Per-frame time of each kernel the TVM library runs per frame (Relax VM instrument hook): its
     whole-frame function where the package has one, else ``main``.
@@ -219,9 +239,9 @@ def profile_vm(vm, input_size: Tuple[int, int], frame: Optional[str], params: Se
                runs: int = 20, warmup: int = 3) -> Tuple[float, List[KernelTime]]:
     """:func:`profile_kernels` on a Relax VM: the whole-frame function ``frame`` (RGB uint8 in) with
     its transformed ``params``, else ``main`` (float NCHW in)."""
-    if runs < 1:
-        raise ValueError("runs must be >= 1")
     import tvm
+
+    tally = _KernelTally(runs)
 
     device = device or tvm.cpu(0)
     h, w = input_size
@@ -234,22 +254,18 @@ def profile_vm(vm, input_size: Tuple[int, int], frame: Optional[str], params: Se
         run = functools.partial(vm["main"], x, *params)
     for _ in range(warmup):
         run()
-    totals: Dict[str, float] = {}
-    calls: Dict[str, int] = {}
     started: Dict[str, float] = {}
 
     def instrument(func, name, before_run, ret_value, *args):
         if before_run:
             started[name] = time.perf_counter()
         else:
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - started.pop(name)
-            calls[name] = calls.get(name, 0) + 1
+            tally.add(name, 1e3 * (time.perf_counter() - started.pop(name)))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
     vm.set_instrument(instrument)
     frames = time_calls(run, runs)
-    kernels = [KernelTime(n, calls[n] // runs, 1e3 * totals[n] / runs) for n in totals]
-    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+    return float(np.median(frames)), tally.kernels()
 
 
 def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
@@ -264,9 +280,8 @@ def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, th
 
     from ..runtime.backends.onnxruntime_backend import session_options
 
-    if runs < 1:
-        raise ValueError("runs must be >= 1")
-    _, x, path = _profile_input(package)
+    tally = _KernelTally(runs)
+    x, path = _profile_input(package)
     with tempfile.TemporaryDirectory(prefix="hmseg-ort-profile-") as tmp:
         options = session_options(ort, threads)
         options.enable_profiling = True
@@ -277,15 +292,10 @@ def profile_onnxruntime(package: str | Path, runs: int = 20, warmup: int = 3, th
         events = json.loads(Path(session.end_profiling()).read_text())
     # the last `runs` model runs are the timed ones; their node events lie inside them
     runs_at = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[-runs:]
-    totals: Dict[str, float] = {}
-    calls: Dict[str, int] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and runs_at and e["ts"] >= runs_at[0]:
-            name = f"{e['name'][:-len('_kernel_time')]} ({e['args'].get('op_name', '?')})"
-            totals[name] = totals.get(name, 0.0) + e["dur"]
-            calls[name] = calls.get(name, 0) + 1
-    kernels = [KernelTime(n, calls[n] // runs, totals[n] / 1e3 / runs) for n in totals]
-    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+            tally.add(f"{e['name'][:-len('_kernel_time')]} ({e['args'].get('op_name', '?')})", e["dur"] / 1e3)
+    return float(np.median(frames)), tally.kernels()
 
 
 def profile_openvino(package: str | Path, runs: int = 20, warmup: int = 3, threads: int = 2) -> Tuple[float, List[KernelTime]]:
@@ -296,12 +306,9 @@ def profile_openvino(package: str | Path, runs: int = 20, warmup: int = 3, threa
 
     from ..runtime.backends.openvino_backend import compile_config
 
-    if runs < 1:
-        raise ValueError("runs must be >= 1")
-    pkg, x, path = _profile_input(package)
+    tally = _KernelTally(runs)
+    x, path = _profile_input(package)
     request = ov.Core().compile_model(str(path), "CPU", {**compile_config("f32", threads), "PERF_COUNT": True}).create_infer_request()
-    totals: Dict[str, float] = {}
-    calls: Dict[str, int] = {}
 
     def run() -> None:
         request.infer({0: x})
@@ -312,16 +319,22 @@ def profile_openvino(package: str | Path, runs: int = 20, warmup: int = 3, threa
     for _ in range(runs):
         frames += time_calls(run, 1)
         for info in request.profiling_info:
-            if info.status == info.Status.EXECUTED:
-                name = f"{info.node_name} ({info.node_type}: {info.exec_type})"
-                totals[name] = totals.get(name, 0.0) + info.real_time.total_seconds() * 1e3
-                calls[name] = calls.get(name, 0) + 1
-    kernels = [KernelTime(n, calls[n] // runs, totals[n] / runs) for n in totals]
-    return float(np.median(frames)), sorted(kernels, key=lambda k: -k.ms)
+            if _openvino_ran(info):
+                tally.add(f"{info.node_name} ({info.node_type}: {info.exec_type})", info.real_time.total_seconds() * 1e3)
+    return float(np.median(frames)), tally.kernels()
 
 
-def _profile_input(package: str | Path) -> Tuple[ModelPackage, np.ndarray, Path]:
-    """A package's whole-frame ONNX graph (``model.onnx`` in older packages) and a random input for it."""
+def _openvino_ran(info) -> bool:
+    """Whether a node of OpenVINO's profile ran its own kernel in the last inference. The plugin reports
+    ``NOT_RUN`` also for a kernel that took under its 1 us resolution (a small ReduceMean or
+    Interpolate, some frames but not others), beside the nodes fused into others (kernel ``undef``)
+    and the no-ops (Parameter, Result, Reshape: ``unknown_*``)."""
+    return info.status == info.Status.EXECUTED or (
+        info.status == info.Status.NOT_RUN and info.exec_type != "undef" and not info.exec_type.startswith("unknown"))
+
+
+def _profile_input(package: str | Path) -> Tuple[np.ndarray, Path]:
+    """A random input for a package's whole-frame ONNX graph (``model.onnx`` in older packages), and the graph."""
     pkg = ModelPackage.load(package)
     if pkg.onnx is None:
         raise ValueError(f"{pkg.root}: the package has no ONNX model; export it again without --no-onnx")
@@ -329,7 +342,7 @@ def _profile_input(package: str | Path) -> Tuple[ModelPackage, np.ndarray, Path]
     h, w = pkg.input_size
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) if frame else rng.random((1, 3, h, w), dtype=np.float32)
-    return pkg, x, pkg.path(frame or pkg.onnx["file"])
+    return x, pkg.path(frame or pkg.onnx["file"])
 
 
 def format_kernels(frame_ms: float, kernels: Sequence[KernelTime], top: int = 25) -> str:

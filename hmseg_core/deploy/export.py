@@ -13,6 +13,7 @@ already has the package's input size.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import logging
 import os
@@ -97,8 +98,10 @@ class FramePath(nn.Module):
         return labels.to(torch.uint8)
 
     def with_classes_last(self) -> "FramePath":
-        """The same frame (the same network module) with the argmax over the last axis of NHWC logits."""
-        return FramePath(self.net, self.mean.flatten().tolist(), self.std.flatten().tolist(), classes_last=True).eval()
+        """The same frame (the same network module and buffers) with the argmax over the last axis of NHWC logits."""
+        frame = copy.copy(self)
+        frame.classes_last = True
+        return frame
 
 
 @contextlib.contextmanager

@@ -178,6 +178,23 @@ def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
     assert lines[0] == "redo measure: inputs changed: measure.runs"
 
 
+def test_only_networks_smaller_than_the_teacher_distil(built, tmp_path):
+    """teacher mrms: every other variant is smaller and distils; teacher mrms_tiny: mrms, the larger, does not,
+    and a searched variant distils exactly when it has fewer MACs than mrms_tiny."""
+    config, _, after_search, _ = built
+    from hmseg_core.profile import count_macs
+    from hmseg_core.registry import create_model
+
+    build = _build(config, after_search, [])
+    assert [build.teacher_of(v) for v in ("mrms", "mrms_tiny", "search_0.8x", "search_1.2x")] == ["", "mrms", "mrms", "mrms"]
+    tiny = _build(_config(tmp_path, **{"train.teacher": "mrms_tiny"}), after_search, [])
+    assert tiny.teacher_of("mrms") == "" and tiny.teacher_of("mrms_tiny") == ""
+    macs = {v: count_macs(create_model(tiny.model(v), 11, boosting=False), (48, 64)) for v in tiny.cfg.variants()}
+    for v in ("search_0.8x", "search_1.2x"):
+        assert tiny.teacher_of(v) == ("mrms_tiny" if macs[v] < macs["mrms_tiny"] else "")
+    assert macs["mrms"] > macs["mrms_tiny"]
+
+
 def test_a_recipe_key_added_later_keeps_finished_steps_done(built, tmp_path):
     """Markers written before a recipe key existed: the key at its default changes nothing; set, it does."""
     config, reference, _, _ = built

@@ -93,6 +93,7 @@ class ZooBuild:
     def __init__(self, cfg: ZooConfig, runs: Path, log: Log = _stderr) -> None:
         self.cfg, self.runs, self.log = cfg, Path(runs), log
         self._states: Dict[Tuple[str, str], StepState] = {}
+        self._macs_cache: Dict[str, int] = {}
 
     # ------------------------------------------------------------------ the plan
     def steps(self) -> List[Tuple[str, str]]:
@@ -130,14 +131,35 @@ class ZooBuild:
         from ..train import pin_teacher
 
         cfg = self.cfg
-        budget = cfg.searched(variant)
-        model = self.result("search", budget)["genotype"] if budget else variant
-        teacher = ""
-        if cfg.train.teacher and variant != cfg.train.teacher:
-            teacher = str(self.runs / self.result("train", cfg.train.teacher)["checkpoint"])
-        planned = dataclasses.replace(cfg.train_recipe(), model=model, out_dir=str(self.folder("train", variant)),
+        teacher = self.teacher_of(variant)
+        if teacher:
+            teacher = str(self.runs / self.result("train", teacher)["checkpoint"])
+        planned = dataclasses.replace(cfg.train_recipe(), model=self.model(variant), out_dir=str(self.folder("train", variant)),
                                       data_root=self.data_root(), teacher=teacher, teacher_digest="")
         return pin_teacher(planned.validate())
+
+    def model(self, variant: str) -> str:
+        """What ``variant`` trains: a baseline's registered name, or its search's genotype."""
+        budget = self.cfg.searched(variant)
+        return self.result("search", budget)["genotype"] if budget else variant
+
+    def teacher_of(self, variant: str) -> str:
+        """The baseline ``variant`` distils from: ``train.teacher`` for a network of fewer MACs than the
+        teacher's; "" for the teacher itself and for a network as large or larger, which learn from the
+        labels alone (a smaller teacher would pull them down to its own accuracy)."""
+        teacher = self.cfg.train.teacher
+        if not teacher or variant == teacher:
+            return ""
+        return teacher if self._macs(variant) < self._macs(teacher) else ""
+
+    def _macs(self, variant: str) -> int:
+        if variant not in self._macs_cache:
+            from ..profile import count_macs
+            from ..registry import create_model
+
+            net = create_model(self.model(variant), self.cfg.lut.classes, boosting=False)
+            self._macs_cache[variant] = count_macs(net, tuple(self.cfg.export.input_size))
+        return self._macs_cache[variant]
 
     def eval_data(self, variant: str) -> Path:
         """The data the variant is evaluated on: the data set, or the synthetic set its training generated."""
@@ -308,7 +330,7 @@ class ZooBuild:
                 "genotype": trained["genotype"], "params": params, "macs": macs, "input_size": package["input_size"],
                 "latency_ms": main, "latency": {b: latency_entry(s) for b, s in lat.items()}, "measured_on": machine,
                 "source": f"search at {budget} of {cfg.lut.base} ({self.result('search', budget)['target_ms']:.2f} ms)" if budget else "baseline",
-                "distilled_from": cfg.train.teacher if cfg.train.teacher and v != cfg.train.teacher else None,
+                "distilled_from": self.teacher_of(v) or None,
                 "checkpoint_pt": trained["checkpoint"],
             })
         return rows

@@ -60,7 +60,8 @@ class SearchSection:
 @dataclass
 class TrainSection:
     """One recipe for every variant: the training config plus ``overrides``; ``teacher`` names a
-    baseline that every other variant distils from once it is trained (empty: no distillation)."""
+    baseline that every variant of fewer MACs distils from once it is trained (empty: no distillation;
+    :meth:`~hmseg_core.pipeline.build.ZooBuild.teacher_of`)."""
 
     config: str = "train_camvid.yaml"
     overrides: Dict[str, Any] = field(default_factory=dict)

@@ -85,8 +85,8 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
         params, macs = network_costs(dest, cfg.export.input_size)
         extra: Dict[str, Any] = {"genotype": trained["genotype"], "params": params, "macs": macs,
                                  "input_size": list(cfg.export.input_size), "epochs": trained["epochs"]}
-        if cfg.train.teacher and name != cfg.train.teacher:
-            extra["distilled_from"] = cfg.train.teacher
+        if build.teacher_of(name):
+            extra["distilled_from"] = build.teacher_of(name)
         entries[name] = Variant(name, dest, miou, {**extra, **lat})
         log(f"publish {name}: val mIoU {100 * miou:.2f} % -> {dest}")
         report.append({"variant": name, "action": "published", "miou": miou, "file": str(dest)})

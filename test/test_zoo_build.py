@@ -297,6 +297,32 @@ def test_publish_keeps_a_better_shipped_variant(built, tmp_path):
     assert (shipped / "tiny_mrms_tiny.pt").read_bytes() == before
 
 
+def test_a_better_retrained_network_keeps_its_shipped_latencies_until_measured(built, tmp_path):
+    """The shipped entry's latencies carry over to a better run of the same genotype when the build has
+    not measured it (a distilled retrain); a different network's do not."""
+    from hmseg_core.pipeline.publish import publish
+
+    config, reference, _, _ = built
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs)
+    marker_path(runs, "measure").unlink()
+    build = ZooBuild(load_zoo_config(config), runs, log=lambda s: None)
+    shipped = tmp_path / "zoo"
+    shipped.mkdir()
+    lat = {"latency_ms": 7.5, "latency": {"onnxruntime": {"p50_ms": 5.0, "p95_ms": 7.5}}, "measured_on": "a CPU, 2 threads"}
+    same, other = build.result("train", "search_0.8x")["genotype"], build.result("train", "search_1.2x")["genotype"]
+    doc = {"variants": [{"name": "search_0.8x", "checkpoint": "a.pt", "miou": 0.0, "genotype": same, **lat},
+                        {"name": "search_1.2x", "checkpoint": "b.pt", "miou": 0.0, "genotype": other + ";lge=0", **lat}]}
+    for f in ("a.pt", "b.pt"):
+        shutil.copy(ROOT / "hmseg_core" / "zoo" / "camvid_mrms_tiny.pt", shipped / f)
+    (shipped / "zoo.yaml").write_text(yaml.safe_dump(doc))
+    publish(build, shipped, allow_synthetic=True, log=lambda s: None)
+    zoo = ModelZoo.load(shipped / "zoo.yaml")
+    kept, replaced = zoo.get("search_0.8x").extra, zoo.get("search_1.2x").extra
+    assert zoo.get("search_0.8x").miou > 0 and {k: kept[k] for k in lat} == lat
+    assert not set(lat) & set(replaced) and replaced["genotype"] == other
+
+
 def test_a_variant_trained_with_the_recipe_is_adopted_not_trained_again(tmp_path):
     """A build publishes mrms_tiny; a build elsewhere (new run folder, other threads) adopts it from that zoo
     instead of training; a changed recipe or ``train.adopt: ""`` trains."""

@@ -4,8 +4,9 @@ Each variant whose validation is done is written as ``<to>/<zoo name>_<variant>.
 (:func:`~hmseg_core.checkpoint.inference_checkpoint`: no optimizer state, no boosting heads) with an
 index entry carrying its val mIoU, genotype, params, MACs and, once measured, its latencies on the
 build machine. A variant the shipped index already has with an mIoU at least as high is kept (its
-latencies replaced by the build's when it is the same network, so that all are of one run); entries
-the build does not make are kept too. The index is rewritten atomically, its leading
+latencies replaced by the build's when it is the same network, so that all are of one run); one that
+replaces a shipped entry of the same network keeps that entry's latencies until the build measures
+its own; entries the build does not make are kept too. The index is rewritten atomically, its leading
 comment kept.
 
 Beside the index, ``searches.yaml`` keeps each finished search (its recipe, the budget-fitted genotype,
@@ -25,6 +26,9 @@ from .build import BuildError, ZooBuild, same_recipe, latency_entry
 from .config import SEARCHES_FILE
 
 Log = Callable[[str], None]
+
+#: the index keys of a variant that the measure stage writes (:func:`publish`'s ``measured``)
+MEASURED = ("latency_ms", "latency", "measured_on")
 
 
 def _comment(index: Path) -> str:
@@ -87,6 +91,8 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
                                  "input_size": list(cfg.export.input_size), "epochs": trained["epochs"]}
         if build.teacher_of(name):
             extra["distilled_from"] = build.teacher_of(name)
+        if not lat and old is not None and old.extra.get("genotype") == trained["genotype"]:
+            lat = {k: old.extra[k] for k in MEASURED if k in old.extra}  # the same network: its latencies stand
         entries[name] = Variant(name, dest, miou, {**extra, **lat})
         log(f"publish {name}: val mIoU {100 * miou:.2f} % -> {dest}")
         report.append({"variant": name, "action": "published", "miou": miou, "file": str(dest)})

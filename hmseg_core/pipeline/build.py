@@ -132,10 +132,9 @@ class ZooBuild:
 
         cfg = self.cfg
         teacher = self.teacher_of(variant)
-        if teacher:
-            teacher = str(self.runs / self.result("train", teacher)["checkpoint"])
+        teacher_file = str(self.runs / self.result("train", teacher)["checkpoint"]) if teacher else ""
         planned = dataclasses.replace(cfg.train_recipe(), model=self.model(variant), out_dir=str(self.folder("train", variant)),
-                                      data_root=self.data_root(), teacher=teacher, teacher_digest="")
+                                      data_root=self.data_root(), teacher=teacher_file, teacher_digest="")
         return pin_teacher(planned.validate())
 
     def model(self, variant: str) -> str:

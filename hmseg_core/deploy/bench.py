@@ -195,7 +195,8 @@ def format_agreement(rows: Sequence[Agreement]) -> str:
 
 @dataclass
 class KernelTime:
-    """One compiled kernel of a TVM library: calls and milliseconds per frame."""
+    """One kernel of a compiled frame (a TVM library's kernel, an ONNX Runtime or OpenVINO node): calls and
+    milliseconds per frame."""
 
     name: str
     calls: int

@@ -89,8 +89,9 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
         params, macs = network_costs(dest, cfg.export.input_size)
         extra: Dict[str, Any] = {"genotype": trained["genotype"], "params": params, "macs": macs,
                                  "input_size": list(cfg.export.input_size), "epochs": trained["epochs"]}
-        if build.teacher_of(name):
-            extra["distilled_from"] = build.teacher_of(name)
+        teacher = build.teacher_of(name)
+        if teacher:
+            extra["distilled_from"] = teacher
         if not lat and old is not None and old.extra.get("genotype") == trained["genotype"]:
             lat = {k: old.extra[k] for k in MEASURED if k in old.extra}  # the same network: its latencies stand
         entries[name] = Variant(name, dest, miou, {**extra, **lat})

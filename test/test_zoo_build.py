@@ -164,10 +164,10 @@ def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
     shutil.copytree(reference, runs)
     edited = _config(tmp_path, **{"train.overrides": {**TINY["train"]["overrides"], "epochs": 3}})
     lines = []
-    with pytest.raises(BuildError, match=r"train mrms: inputs changed: train\.epochs.*--redo train:mrms"):
+    with pytest.raises(BuildError, match=r"train mrms: inputs changed: train\.epochs \(2 -> 3\).*--redo train:mrms"):
         _build(edited, runs, lines).build()
     rc = cli_main(["zoo", "build", "--config", str(edited), "--runs", str(runs), "--dry-run"])
-    assert rc == 0 and "stop train mrms: inputs changed: train.epochs" in capsys.readouterr().err
+    assert rc == 0 and "stop train mrms: inputs changed: train.epochs (2 -> 3)" in capsys.readouterr().err
     # a cheap stage whose input changed runs again on its own
     marker = marker_path(runs, "measure")
     doc = json.loads(marker.read_text())
@@ -175,7 +175,7 @@ def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
     marker.write_text(json.dumps(doc))
     lines = []
     _build(config, runs, lines).build(("measure",))
-    assert lines[0] == "redo measure: inputs changed: measure.runs"
+    assert lines[0] == "redo measure: inputs changed: measure.runs (99 -> 3)"
 
 
 def test_only_networks_smaller_than_the_teacher_distil(built, tmp_path):
@@ -210,7 +210,7 @@ def test_a_recipe_key_added_later_keeps_finished_steps_done(built, tmp_path):
     doc["inputs"]["train"]["distill_temperature"] = 3.0
     marker_path(runs, "train", "mrms_tiny").write_text(json.dumps(doc))
     state = _build(config, runs, []).state("train", "mrms_tiny")
-    assert state.state == "stale" and state.detail == "inputs changed: train.distill_temperature"
+    assert state.state == "stale" and state.detail == "inputs changed: train.distill_temperature (3.0 -> 1.0)"
 
 
 def test_bad_config_is_one_error_line_naming_file_and_key(tmp_path, capsys):

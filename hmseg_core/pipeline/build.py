@@ -35,7 +35,7 @@ from ..search.config import SearchConfig
 from . import COSTLY, STAGES
 from . import steps as work
 from .config import ZooConfig
-from .markers import changes, marker_path, read_marker, write_marker
+from .markers import changes, describe_changes, marker_path, read_marker, write_marker
 
 Log = Callable[[str], None]
 
@@ -209,16 +209,14 @@ class ZooBuild:
             recorded = dict(marker["inputs"])
             if stage in RECIPES and isinstance(recorded.get(stage), dict):
                 recorded[stage] = _with_defaults(stage, recorded[stage])
-            diff = changes(recorded, inputs)
-            if not diff:
+            if not changes(recorded, inputs):
                 return StepState(stage, item, "done", f"finished {marker['finished']}", inputs, marker)
-            return StepState(stage, item, "stale", "inputs changed: " + ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""),
-                             inputs, marker)
+            return StepState(stage, item, "stale", "inputs changed: " + describe_changes(recorded, inputs), inputs, marker)
         folder = self.folder(stage, item)
         if stage in ("search", "train") and (folder / "last.pt").exists():
             diff = self._folder_changes(stage, folder, inputs)
             if diff:
-                return StepState(stage, item, "stale", f"{folder} was started with other settings: " + ", ".join(diff[:6]), inputs)
+                return StepState(stage, item, "stale", f"{folder} was started with other settings: {diff}", inputs)
             return StepState(stage, item, "partial", f"resumes {folder / 'last.pt'}", inputs)
         if stage == "train":
             adopt = self.adoptable(item, inputs)
@@ -270,15 +268,16 @@ class ZooBuild:
             return None
         return record if same_recipe("search", record["settings"], inputs["search"], ("target",)) else None
 
-    def _folder_changes(self, stage: str, folder: Path, inputs: Dict[str, Any]) -> List[str]:
-        """Keys in which the settings a run folder was started with (its ``config.yaml``) differ from the plan;
-        keys the folder's config predates count with their defaults (a run adopted from before they existed)."""
+    def _folder_changes(self, stage: str, folder: Path, inputs: Dict[str, Any]) -> str:
+        """How the settings a run folder was started with (its ``config.yaml``) differ from the plan (empty:
+        they do not); keys the folder's config predates count with their defaults (a run adopted from before
+        they existed)."""
         path = folder / "config.yaml"
         try:
             recorded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
-            return [f"{path} (unreadable)"]
-        return [f"{stage}.{k}" for k in changes(_with_defaults(stage, recorded), inputs[stage])]
+            return f"{path} (unreadable)"
+        return describe_changes({stage: _with_defaults(stage, recorded)}, {stage: inputs[stage]})
 
     # ------------------------------------------------------------------ running
     def run_step(self, stage: str, item: str) -> Dict[str, Any]:

@@ -50,9 +50,38 @@ def changes(old: Any, new: Any, prefix: str = "") -> List[str]:
     return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
+def describe_changes(old: Any, new: Any, limit: int = 6) -> str:
+    """The keys :func:`changes` finds, each with its old and new value where both are short scalars:
+    ``train.epochs (200 -> 80), train.data_root ('/data/camvid' -> '')``; past ``limit`` keys, `` ...``."""
+    keys = changes(old, new)
+    return ", ".join(_change(k, _lookup(old, k), _lookup(new, k)) for k in keys[:limit]) + (" ..." if len(keys) > limit else "")
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    def short(v: Any) -> Optional[str]:
+        if isinstance(v, (dict, list, tuple)):
+            return None
+        text = repr(v) if isinstance(v, str) else json.dumps(v)
+        return text if len(text) <= 60 else None
+
+    a, b = short(old), short(new)
+    return f"{key} ({a} -> {b})" if a is not None and b is not None else key
+
+
+def _lookup(doc: Any, key: str) -> Any:
+    """The value at dotted ``key`` in ``doc`` (``None`` where the path ends early)."""
+    if key == "(all)":
+        return doc
+    for part in key.split("."):
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
+
+
 def _plain(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), so comparisons see content only."""
     return json.loads(json.dumps(value))
 
 
-__all__ = ["FORMAT", "changes", "marker_path", "read_marker", "write_marker"]
+__all__ = ["FORMAT", "changes", "describe_changes", "marker_path", "read_marker", "write_marker"]

@@ -1,17 +1,13 @@
 """Training: checkpoints, exact resume after kill -9, DDP replicas, CLI train/eval."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli_under_torchrun, subprocess_env
+from conftest import cli_overrides, kill_when_logged, run_cli_under_torchrun
 from hmseg_core.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
 from hmseg_core.cli import main as cli_main
 from hmseg_core.config import ConfigError, TrainConfig, load_config
@@ -37,20 +33,8 @@ def _weights(path: Path) -> dict:
 def _kill_training_mid_run(out: Path, overrides: dict, total: int, lines: int = 5) -> int:
     """``hmseg-core train --out OUT -oKEY=VALUE...`` in a subprocess, SIGKILLed once its log has
     ``lines`` lines; returns the step of the ``last.pt`` it left (checked to be mid-run)."""
-    args = [sys.executable, "-m", "hmseg_core.cli", "train", "--out", str(out)]
-    args += [f"-o{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items()]
-    proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = out / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= lines:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    args = [sys.executable, "-m", "hmseg_core.cli", "train", "--out", str(out), *cli_overrides(overrides)]
+    kill_when_logged(args, out / "log.jsonl", lines, out.with_name(out.name + ".err"), timeout=120)
     killed_at = load_checkpoint(out / "last.pt")["step"]
     assert 0 < killed_at < total, "the kill must land mid-run for this test to mean anything"
     return killed_at

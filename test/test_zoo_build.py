@@ -4,17 +4,14 @@ status of a partial build, stale inputs, bad configs, publish."""
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import subprocess_env
+from conftest import kill_when_logged
 
 from hmseg_core.checkpoint import load_checkpoint
 from hmseg_core.cli import main as cli_main
@@ -114,18 +111,8 @@ def test_a_finished_build_skips_every_stage(built, capsys):
 def test_killed_build_resumes_and_equals_the_uninterrupted_one(built, tmp_path):
     config, reference, runs, _ = built
     args = [sys.executable, "-m", "hmseg_core.cli", "zoo", "build", "--config", str(config), "--runs", str(runs)]
-    with open(tmp_path / "build.err", "wb") as err:  # a file, not a pipe: the progress bars must never block it
-        proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=err)
-    log = runs / "train" / "mrms_tiny" / "log.jsonl"  # the second variant: the kill lands after a finished stage
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"the build exited early: {(tmp_path / 'build.err').read_text()[-3000:]}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # the second variant's log: the kill lands after a finished stage
+    kill_when_logged(args, runs / "train" / "mrms_tiny" / "log.jsonl", 3, tmp_path / "build.err")
     killed_at = load_checkpoint(runs / "train" / "mrms_tiny" / "last.pt")["step"]
     assert 0 < killed_at < TRAIN_STEPS and not marker_path(runs, "train", "mrms_tiny").exists()
 

@@ -111,8 +111,8 @@ def test_a_finished_build_skips_every_stage(built, capsys):
 def test_killed_build_resumes_and_equals_the_uninterrupted_one(built, tmp_path):
     config, reference, runs, _ = built
     args = [sys.executable, "-m", "hmseg_core.cli", "zoo", "build", "--config", str(config), "--runs", str(runs)]
-    # the second variant's log: the kill lands after a finished stage
-    kill_when_logged(args, runs / "train" / "mrms_tiny" / "log.jsonl", 3, tmp_path / "build.err")
+    log = runs / "train" / "mrms_tiny" / "log.jsonl"  # the second variant: the kill lands after a finished stage
+    kill_when_logged(args, log, 3, tmp_path / "build.err")
     killed_at = load_checkpoint(runs / "train" / "mrms_tiny" / "last.pt")["step"]
     assert 0 < killed_at < TRAIN_STEPS and not marker_path(runs, "train", "mrms_tiny").exists()
 
@@ -153,6 +153,10 @@ def test_changed_inputs_are_reported_not_reused(built, tmp_path, capsys):
     lines = []
     with pytest.raises(BuildError, match=r"train mrms: inputs changed: train\.epochs \(2 -> 3\).*--redo train:mrms"):
         _build(edited, runs, lines).build()
+    from hmseg_core.pipeline.status import status
+
+    row = next(r for r in status(_build(edited, runs, [])) if (r["stage"], r["item"]) == ("train", "mrms"))
+    assert row["state"] == "stale" and "eta_s" not in row, "a stale step does not run: no ETA"
     rc = cli_main(["zoo", "build", "--config", str(edited), "--runs", str(runs), "--dry-run"])
     assert rc == 0 and "stop train mrms: inputs changed: train.epochs (2 -> 3)" in capsys.readouterr().err
     # a cheap stage whose input changed runs again on its own
@@ -344,6 +348,9 @@ def test_a_variant_trained_with_the_recipe_is_adopted_not_trained_again(tmp_path
     from hmseg_core.pipeline.status import format_status, status
 
     assert "adopted " in format_status(again, status(again))
+    row = next(r for r in status(again) if (r["stage"], r["item"]) == ("train", "mrms_tiny"))
+    assert "step" not in row and "epochs_done" not in row, "an adopted variant was not trained here: no progress"
+    assert row["best_miou"] == load_checkpoint(zoo / "tiny_mrms_tiny.pt")["best_miou"]
 
     changed, _ = elsewhere("changed", overrides={**train["overrides"], "epochs": 3})
     assert changed.state("train", "mrms_tiny").detail == ""
@@ -382,6 +389,8 @@ def test_a_search_with_the_recipe_is_adopted_not_searched_again(tmp_path):
     from hmseg_core.pipeline.status import format_status, status
 
     assert f"adopted {searches} 0.8x" in format_status(again, status(again))
+    row = next(r for r in status(again) if (r["stage"], r["item"]) == ("search", "0.8x"))
+    assert "step" not in row and "epochs_done" not in row
 
     changed, _ = build("changed", adopt=str(searches), overrides={**search["overrides"], "epochs": 2})
     changed.build(("lut",))

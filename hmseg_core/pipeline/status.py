@@ -93,6 +93,10 @@ def validations_over_time(records: List[Dict[str, Any]], pause_gap: Optional[flo
     return out
 
 
+#: the states of a step the build runs (a stale one stops it until --redo; a done one is skipped)
+RUNNABLE = ("partial", "ready")
+
+
 def _train_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
     folder = build.folder("train", st.item)
     head = _checkpoint_head(folder / "last.pt") if (folder / "last.pt").exists() else None
@@ -109,7 +113,7 @@ def _train_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
     if total and epochs:
         spe = total / epochs
         out["epochs_done"] = step / spe
-        if pace["s_per_step"] and st.state != "done":
+        if pace["s_per_step"] and st.state in RUNNABLE:
             evals_left = ((epochs - int(step // spe)) // eval_every) if eval_every else 0
             out["eta_s"] = (total - step) * pace["s_per_step"] + evals_left * (pace["s_per_eval"] or 0.0)
     return out
@@ -128,7 +132,7 @@ def _search_progress(build: ZooBuild, st: StepState) -> Dict[str, Any]:
         out.update(total_steps=int(spe * epochs), epochs_done=step / spe)
         if head and head.get("wall_s") and step:
             out["s_per_step"] = head["wall_s"] / step
-            if st.state != "done":
+            if st.state in RUNNABLE:
                 out["eta_s"] = (spe * epochs - step) * out["s_per_step"]
     return out
 
@@ -161,9 +165,12 @@ def status(build: ZooBuild) -> List[Dict[str, Any]]:
         st = build.state(stage, item)
         row: Dict[str, Any] = {"stage": stage, "item": item, "state": st.state,
                                "detail": _summary(st) if st.state == "done" else st.detail}
-        if stage == "train" and st.state != "waiting":
+        adopted = st.state == "done" and bool(st.marker["result"].get("adopted"))
+        if stage == "train" and adopted:  # trained elsewhere: no run here to show the progress of
+            row["best_miou"] = st.marker["result"].get("best_miou")
+        elif stage == "train" and st.state != "waiting":
             row.update(_train_progress(build, st))
-        elif stage == "search" and st.state != "waiting":
+        elif stage == "search" and st.state != "waiting" and not adopted:
             row.update(_search_progress(build, st))
         elif stage == "eval" and st.state == "done":
             row["best_miou"] = st.marker["result"]["miou"]

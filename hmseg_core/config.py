@@ -56,6 +56,10 @@ class TrainConfig:
     teacher_digest: str = ""  # SHA-256 of the teacher file: recorded when training starts, checked on resume
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    # an exponential moving average of the weights (timm's ModelEma), its decay warmed up as
+    # min(ema_decay, (1 + step) / (10 + step)); validation, best.pt and the final weights are the
+    # average's (val_raw in the log: the trained weights'). 0: off
+    ema_decay: float = 0.0
     # bookkeeping
     out_dir: str = "runs/train"
     seed: int = 0
@@ -83,6 +87,7 @@ class TrainConfig:
             (self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'"),
             (self.distill_weight >= 0, "distill_weight", "must be >= 0"),
             (self.distill_temperature > 0, "distill_temperature", "must be > 0"),
+            (0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0: no weight average; e.g. 0.999)"),
             (self.layout in ("", "camvid", "cityscapes"), "layout", "must be '', 'camvid' or 'cityscapes'"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every/checkpoint_every", "must be >= 0 / >= 1"),
         ]

@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_training_log(log_path: Path, out_path: Path) -> Path:
-    """Training loss (smoothed) and validation mIoU against step."""
-    steps, losses, vsteps, vmiou = [], [], [], []
+    """Training loss (smoothed) and validation mIoU against step (with a weight average, the trained
+    weights' mIoU dashed beside the average's)."""
+    steps, losses, vsteps, vmiou, raw = [], [], [], [], []
     for line in Path(log_path).read_text().splitlines():
         rec = json.loads(line)
         if "loss" in rec:
@@ -23,6 +24,8 @@ def plot_training_log(log_path: Path, out_path: Path) -> Path:
         if "val" in rec:
             vsteps.append(rec["step"])
             vmiou.append(100 * rec["val"]["miou"])
+            if "val_raw" in rec:
+                raw.append((rec["step"], 100 * rec["val_raw"]["miou"]))
     fig, ax = plt.subplots(figsize=(7, 4))
     if losses:
         k = max(1, len(losses) // 100)
@@ -32,7 +35,10 @@ def plot_training_log(log_path: Path, out_path: Path) -> Path:
     ax.set_ylabel("training loss", color="tab:blue")
     if vmiou:
         ax2 = ax.twinx()
-        ax2.plot(vsteps, vmiou, "o-", color="tab:red", ms=3)
+        ax2.plot(vsteps, vmiou, "o-", color="tab:red", ms=3, label="weight average" if raw else None)
+        if raw:
+            ax2.plot(*zip(*raw), "s--", color="tab:orange", ms=2, lw=1, label="trained weights")
+            ax2.legend(loc="lower right", fontsize=8)
         ax2.set_ylabel("val mIoU (%)", color="tab:red")
     ax.set_title(Path(log_path).parent.name)
     return _save(fig, out_path)

@@ -10,10 +10,15 @@ With ``teacher`` set, the student also learns from a trained teacher's logits
 (:func:`~hmseg_core.losses.distillation_loss`, FasterSeg's teacher -> student); the teacher runs
 without gradients, in eval mode without boosting heads, under the student's autocast and memory
 format. The teacher file's digest is recorded in the config and checked on resume.
+
+With ``ema_decay`` set, an exponential moving average of the weights follows the training
+(:func:`update_average`, timm's ModelEma); it is what validation measures and what ``best.pt`` and
+the final weights hold, and ``last.pt`` carries it for an exact resume.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -159,6 +164,12 @@ class _TrainRun:
     t0: float = 0.0  # when this process started stepping
     loss_ema: Optional[float] = None
     teacher: Optional[HMSegNet] = None  # distillation: the trained teacher (inference only)
+    average: Optional[HMSegNet] = None  # ema_decay: the moving average of the weights
+
+    @property
+    def shipped(self) -> HMSegNet:
+        """The weights validation measures and ``best.pt`` holds: the average's when there is one."""
+        return self.model if self.average is None else self.average
 
     @property
     def spec(self) -> DatasetSpec:
@@ -234,17 +245,43 @@ def _setup(cfg: TrainConfig, ctx: DistContext, resume: bool) -> _TrainRun:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best_miou = int(ckpt["step"]), float(ckpt.get("best_miou", -1.0))
 
+    average = _weight_average(cfg, model, ckpt, last_path) if cfg.ema_decay else None
     net = DDP(model) if ctx.world_size > 1 else model
     steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, ctx.world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size} x {ctx.world_size} processes")
     view = train_view(cfg, train_set)
     run = _TrainRun(out, train_set, val_set, view, model, net, memory_format, class_weights, criterion, optimizer,
-                    steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou, teacher=teacher)
+                    steps_per_epoch, cfg.epochs * steps_per_epoch, step, best_miou, teacher=teacher, average=average)
     if ctx.main:
         save_config(cfg, out / "config.yaml")
         truncate_log(run.log_path, step)
     return run
+
+
+def _weight_average(cfg: TrainConfig, model: HMSegNet, ckpt: Optional[Dict[str, Any]], last_path: Path) -> HMSegNet:
+    """The moving average of ``model``'s weights: a copy of them, or the one ``ckpt`` carries when resuming."""
+    average = copy.deepcopy(model).requires_grad_(False)
+    if ckpt is not None and ckpt.get("ema") is not None:
+        average.load_state_dict(ckpt["ema"])
+    elif ckpt is not None:
+        print(f"train: {last_path} has no weight average (trained without ema_decay): the average starts from its weights",
+              file=sys.stderr)
+    return average
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """One step of the moving average after optimizer step ``step`` (0-based): every floating-point tensor
+    of the state (weights and BatchNorm statistics) moves to ``model``'s by ``1 - d``, with ``d =
+    min(decay, (1 + step) / (10 + step))`` so that the first steps do not keep the random initialisation;
+    the rest (BatchNorm's batch counters) is copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for a, m in zip(average.state_dict().values(), model.state_dict().values()):
+        if a.is_floating_point():
+            a.lerp_(m, 1.0 - d)
+        else:
+            a.copy_(m)
 
 
 def train_view(cfg: TrainConfig, train_set: SegmentationDataset) -> TrainView:
@@ -330,6 +367,8 @@ def _step(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, images: torch.Tens
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
+    if run.average is not None:
+        update_average(run.average, run.model, cfg.ema_decay, run.step)
     run.step += 1
     return float(loss.detach()), (None if kd is None else float(kd.detach()))
 
@@ -340,11 +379,16 @@ def _end_epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, bar: tqdm) ->
     final = run.step >= run.total_steps
     if run.val_set is not None and (final or epoch_done % cfg.eval_every == 0):
         spec = run.spec
-        cm = evaluate(run.model, run.val_set, spec.mean, spec.std, progress=False)
-        report = cm.report(spec.class_names)
-        bar.write(f"epoch {epoch_done}/{cfg.epochs} step {run.step}: val mIoU {100 * report['miou']:.2f}")
+        report = evaluate(run.shipped, run.val_set, spec.mean, spec.std, progress=False).report(spec.class_names)
+        record = {"step": run.step, "epoch": epoch_done, "val": report}
+        line = f"epoch {epoch_done}/{cfg.epochs} step {run.step}: val mIoU {100 * report['miou']:.2f}"
+        if run.average is not None:  # the trained weights beside their average
+            raw = evaluate(run.model, run.val_set, spec.mean, spec.std, progress=False).report(spec.class_names)
+            record["val_raw"] = {k: raw[k] for k in ("miou", "pixel_accuracy") if k in raw}
+            line += f" (weight average; trained weights {100 * raw['miou']:.2f})"
+        bar.write(line)
         with run.log_path.open("a") as f:
-            f.write(json.dumps({"step": run.step, "epoch": epoch_done, "val": report}) + "\n")
+            f.write(json.dumps(record) + "\n")
         if report["miou"] > run.best_miou:
             run.best_miou = report["miou"]
             _checkpoint(cfg, ctx, run, run.best_path, val=report)
@@ -352,10 +396,15 @@ def _end_epoch(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, bar: tqdm) ->
 
 
 def _checkpoint(cfg: TrainConfig, ctx: DistContext, run: _TrainRun, path: Path, **extra: Any) -> None:
-    """A self-describing checkpoint of the run as it stands (weights, optimizer, progress), written atomically."""
+    """A self-describing checkpoint of the run as it stands (weights, optimizer, progress), written atomically.
+    ``last.pt`` holds the trained weights to resume from (and their average, ``ema``); any other, the
+    weights that ship (:attr:`_TrainRun.shipped`)."""
     spec = run.spec
+    resume = path == run.last_path
+    if resume and run.average is not None:
+        extra["ema"] = run.average.state_dict()
     payload = make_checkpoint(
-        run.model, spec.class_names, spec.palette, spec.mean, spec.std, cfg.to_dict(),
+        run.model if resume else run.shipped, spec.class_names, spec.palette, spec.mean, spec.std, cfg.to_dict(),
         step=run.step, epoch=run.step // run.steps_per_epoch, total_steps=run.total_steps, best_miou=run.best_miou,
         optimizer=run.optimizer.state_dict(), world_size=ctx.world_size,
         class_weights=None if run.class_weights is None else run.class_weights.tolist(), **extra,

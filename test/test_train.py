@@ -87,9 +87,11 @@ def test_resume_says_when_there_is_nothing_to_resume_and_clears_stale_temporarie
     assert not stale.exists() and (out / "last.pt").is_file()
 
 
-@pytest.mark.parametrize("recipe", [{}, {"early_crop": (32, 48), "early_epochs": 2}], ids=["crop", "early_crop"])
+@pytest.mark.parametrize("recipe", [{}, {"early_crop": (32, 48), "early_epochs": 2}, {"ema_decay": 0.9}],
+                         ids=["crop", "early_crop", "ema"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, recipe):
-    """Killed at step 5 of 12: with ``early_crop`` for 2 epochs of 4 steps, the resumed run crosses to full crops."""
+    """Killed at step 5 of 12: with ``early_crop`` for 2 epochs of 4 steps, the resumed run crosses to full crops;
+    with ``ema_decay`` the weight average resumes too."""
     total = 3 * 4
     reference = tmp_path / "reference"
     train(tiny_config(reference, **recipe), progress=False)
@@ -104,8 +106,53 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, recipe):
     assert ref.keys() == res.keys()
     for k in ref:
         assert torch.equal(ref[k], res[k]), f"{k} differs after resume from step {killed_at}"
+    if recipe.get("ema_decay"):
+        ref, res = load_checkpoint(reference / "last.pt")["ema"], load_checkpoint(victim / "last.pt")["ema"]
+        assert ref.keys() == res.keys() and all(torch.equal(ref[k], res[k]) for k in ref), "the average differs after resume"
     steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
     assert steps == list(range(1, total + 1))  # no duplicated or missing log lines
+
+
+def test_weight_average_moves_by_the_warmed_up_decay():
+    from hmseg_core.train import update_average
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    average = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model(torch.randn(2, 3, 8, 8))  # running statistics and the batch counter move
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    update_average(average, model, decay=0.999, step=0)  # d = min(0.999, 1/10)
+    for k, v in average.state_dict().items():
+        m = model.state_dict()[k]
+        expected = 0.1 * before[k] + 0.9 * m if v.is_floating_point() else m
+        assert torch.allclose(v, expected, atol=1e-6), k
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    update_average(average, model, decay=0.5, step=1000)  # past the warm-up: d = decay
+    w = average.state_dict()["0.weight"]
+    assert torch.allclose(w, 0.5 * before["0.weight"] + 0.5 * model.state_dict()["0.weight"], atol=1e-6)
+
+
+def test_the_weight_average_is_validated_and_shipped(tmp_path):
+    """ema_decay: validation measures the average (the trained weights beside it as val_raw), best.pt holds the
+    average that validated best, last.pt the trained weights and the average; a bad decay is one clear error."""
+    from hmseg_core.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    train(tiny_config(out, ema_decay=0.9, eval_every=1), progress=False)
+    vals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val" in r]
+    assert len(vals) == 3 and all(0 <= r["val_raw"]["miou"] <= 1 for r in vals)
+    last = load_checkpoint(out / "last.pt")
+    assert any(not torch.equal(last["model"][k], last["ema"][k]) for k in last["model"] if last["model"][k].is_floating_point())
+    best = max(vals, key=lambda r: r["val"]["miou"])
+    report = evaluate_checkpoint(out / "best.pt", out / "synthetic", "val", None)
+    assert report["miou"] == pytest.approx(best["val"]["miou"], abs=1e-9)
+    if best is vals[-1]:
+        assert all(torch.equal(v, last["ema"][k]) for k, v in _weights(out / "best.pt").items())
+    train(tiny_config(tmp_path / "noval", ema_decay=0.9), progress=False)  # no validation: the final average ships
+    last = load_checkpoint(tmp_path / "noval" / "last.pt")
+    assert all(torch.equal(v, last["ema"][k]) for k, v in _weights(tmp_path / "noval" / "best.pt").items())
+    with pytest.raises(ConfigError, match="ema_decay: must be in"):
+        tiny_config(tmp_path / "bad", ema_decay=1.0).validate()
 
 
 def test_distillation_from_a_teacher_learns_logs_kd_and_resumes_exactly(tmp_path):

@@ -204,6 +204,18 @@ def test_a_recipe_key_added_later_keeps_finished_steps_done(built, tmp_path):
     assert state.state == "stale" and state.detail == "inputs changed: train.distill_temperature (3.0 -> 1.0)"
 
 
+def test_threads_and_loader_workers_leave_every_step_done(built, tmp_path):
+    """They change the speed, not what is learned: a machine with more cores runs the same build."""
+    config, reference, _, _ = built
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs)
+    faster = {"threads": 2, "num_workers": 1}
+    edited = _config(tmp_path, **{"train.overrides": {**TINY["train"]["overrides"], **faster},
+                                  "search.overrides": {**TINY["search"]["overrides"], **faster}})
+    assert {s.state for s in _build(edited, runs, []).build(dry_run=True)} == {"done"}
+    assert load_zoo_config(edited).train_recipe().threads == 2  # and the runs it starts use them
+
+
 def test_bad_config_is_one_error_line_naming_file_and_key(tmp_path, capsys):
     runs = tmp_path / "runs"
     cases = {

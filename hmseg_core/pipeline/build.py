@@ -42,6 +42,10 @@ Log = Callable[[str], None]
 #: settings that say where a run lives, not what it computes (a moved folder keeps its results)
 WHERE = ("out_dir", "teacher", "lut")
 
+#: settings that change how fast a run goes, not what it learns: a step done (or half done) with other
+#: values stays done (resumes); a machine with more cores may raise them
+SPEED = ("threads", "num_workers")
+
 
 #: the stages whose inputs hold a whole recipe, and its config class
 RECIPES = {"train": TrainConfig, "search": SearchConfig}
@@ -418,16 +422,16 @@ def _with_defaults(stage: str, recorded: Dict[str, Any]) -> Dict[str, Any]:
 
 def same_recipe(stage: str, recorded: Dict[str, Any], planned: Dict[str, Any], also: Sequence[str] = ()) -> bool:
     """Whether settings recorded elsewhere learn what the plan learns: equal but for where the data lives,
-    the threads and loader workers (they change the speed only) and the keys ``also``."""
-    ignore = ("data_root", "threads", "num_workers", *also)
+    the threads and loader workers (:data:`SPEED`: not step inputs at all) and the keys ``also``."""
+    ignore = ("data_root", *also)
     return not changes({k: v for k, v in _with_defaults(stage, recorded).items() if k not in ignore},
                        {k: v for k, v in planned.items() if k not in ignore})
 
 
 def _settings(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A resolved training or search config as step inputs: without where it lives (:data:`WHERE`), the
-    data root resolved."""
-    out = {k: v for k, v in d.items() if k not in WHERE}
+    """A resolved training or search config as step inputs: without where it lives (:data:`WHERE`) and
+    what changes its speed only (:data:`SPEED`), the data root resolved."""
+    out = {k: v for k, v in d.items() if k not in WHERE + SPEED}
     if out.get("data_root"):
         out["data_root"] = str(Path(out["data_root"]).expanduser().resolve())
     return out

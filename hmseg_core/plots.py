@@ -44,9 +44,11 @@ def plot_training_log(log_path: Path, out_path: Path) -> Path:
     return _save(fig, out_path)
 
 
-def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlabel: str = "measured latency (ms)") -> Path:
+def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlabel: str = "measured latency (ms)",
+                hand_designed: Sequence[str] = ()) -> Path:
     """Validation mIoU against measured latency, one labelled point per ``(name, latency_ms, miou)``;
-    the variants no other beats on both (the Pareto front) joined by a line."""
+    the variants no other beats on both (the Pareto front) joined by a line; the ``hand_designed`` ones
+    drawn as squares and joined by a dashed line (the line the paper's claim compares against)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = sorted(points, key=lambda p: (p[1], -p[2]))
     front, best = [], -1.0
@@ -54,15 +56,19 @@ def plot_pareto(points: Sequence[Tuple[str, float, float]], out_path: Path, xlab
         if p[2] > best:
             front.append(p)
             best = p[2]
-    ax.plot([p[1] for p in front], [100 * p[2] for p in front], "-", color="tab:gray", lw=1, zorder=1)
+    ax.plot([p[1] for p in front], [100 * p[2] for p in front], "-", color="tab:gray", lw=1, zorder=1, label="Pareto front")
+    hand = [p for p in pts if p[0] in hand_designed]
+    if len(hand) > 1:
+        ax.plot([p[1] for p in hand], [100 * p[2] for p in hand], "--", color="tab:green", lw=1, zorder=1, label="hand-designed line")
     for name, ms, miou in pts:
         on = any(f[0] == name for f in front)
-        ax.scatter([ms], [100 * miou], color="tab:red" if on else "tab:blue", zorder=2)
+        ax.scatter([ms], [100 * miou], color="tab:red" if on else "tab:blue", marker="s" if name in hand_designed else "o", zorder=2)
         ax.annotate(name, (ms, 100 * miou), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("val mIoU (%)")
-    ax.set_title("zoo: accuracy against latency (red: Pareto front)")
+    ax.set_title("zoo: accuracy against latency (red: Pareto front" + ("; squares: hand-designed)" if hand else ")"))
     ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_path)
 
 

@@ -1,4 +1,4 @@
-"""``hmseg-core zoo build|status|publish|measure``: the model zoo as one resumable pipeline, and its latency here.
+"""``hmseg-core zoo build|status|publish|pareto|measure``: the model zoo as one resumable pipeline, and its latency here.
 
 Importing this module imports neither torch nor the pipeline; handlers import them when run.
 """
@@ -85,6 +85,27 @@ def cmd_zoo_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_pareto(args: argparse.Namespace) -> int:
+    from ..pipeline.pareto import format_report, pareto_report
+    from ..runtime.zoo import ModelZoo, default_zoo_path
+
+    zoo = ModelZoo.load(args.zoo or default_zoo_path())
+    report = pareto_report(zoo, args.backend, args.stat)
+    if not report["rows"]:
+        raise ValueError(f"{zoo.path}: no variant has a {args.stat} latency measured on {args.backend!r} "
+                         "(run the zoo build's measure stage, or pick --backend)")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot:
+        from ..plots import plot_pareto
+
+        rows = report["rows"]
+        path = plot_pareto([(r["name"], r["latency_ms"], r["miou"]) for r in rows], Path(args.plot),
+                           f"measured latency, end-to-end {args.stat} on {args.backend} (ms)",
+                           [r["name"] for r in rows if r["hand_designed"]])
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config/zoo_camvid.yaml", help="zoo config (YAML; default %(default)s)")
     p.add_argument("--runs", help="run folder (default: $HMSEG_RUNS, else ~/.cache/hmseg/zoo/<name>)")
@@ -94,7 +115,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``zoo build|status|publish|measure`` to ``sub``."""
+    """Add ``zoo build|status|publish|pareto|measure`` to ``sub``."""
     z = sub.add_parser("zoo", help="model zoo: build it (resumable pipeline), its status, publish, measure")
     zsub = z.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
 
@@ -118,6 +139,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", default="hmseg_core/zoo", help="zoo folder with zoo.yaml (default %(default)s)")
     p.add_argument("--allow-synthetic", action="store_true", help="publish models trained on generated scenes")
     p.set_defaults(func=cmd_zoo_publish)
+
+    pa = zsub.add_parser("pareto", help="accuracy against measured latency: the Pareto front, and the searched variants "
+                                        "against the hand-designed line (the paper's claim)")
+    pa.add_argument("zoo", nargs="?", help="model zoo index (default: the shipped zoo)")
+    pa.add_argument("--backend", default="onnxruntime", help="whose measured latency (default %(default)s)")
+    pa.add_argument("--stat", choices=("p50", "p95"), default="p95", help="latency statistic (default %(default)s)")
+    pa.add_argument("--plot", metavar="PNG", help="also draw it")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_zoo_pareto)
 
     zm = zsub.add_parser("measure", help="time every variant on this machine and show the choice for a budget")
     zm.add_argument("zoo", help="model zoo index (YAML/JSON)")

@@ -138,13 +138,15 @@ def write_index(runs: Path, rows: List[Dict[str, Any]], pareto_backend: str) -> 
     params, MACs and latencies as extra keys) and ``<runs>/pareto.png``."""
     from ..plots import plot_pareto
     from ..runtime.zoo import ModelZoo, Variant
+    from .pareto import hand_designed_name
 
     variants = [Variant(r["name"], runs / r["package"], r["miou"], {k: v for k, v in r.items() if k not in ("name", "package", "miou")})
                 for r in rows]
     path = ModelZoo(variants).save(runs / "zoo.yaml", comment=f"built by `hmseg-core zoo build`; latency_ms: end-to-end p95 on {pareto_backend}, this machine")
     ModelZoo.load(path)  # what the node will read
     points = [(r["name"], r["latency_ms"], r["miou"]) for r in rows if r.get("latency_ms") is not None]
-    plot_pareto(points, runs / "pareto.png", f"measured latency, end-to-end p95 on {pareto_backend} (ms)")
+    hand = [v.name for v in variants if hand_designed_name(v)]
+    plot_pareto(points, runs / "pareto.png", f"measured latency, end-to-end p95 on {pareto_backend} (ms)", hand)
     return {"index": relative(path, runs), "pareto": "pareto.png", "variants": [r["name"] for r in rows]}
 
 

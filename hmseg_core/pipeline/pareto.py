@@ -39,14 +39,15 @@ class Point:
 def hand_designed_name(variant: Variant) -> Optional[str]:
     """The registered network ``variant`` is (its recorded genotype that of ``mrms``, ``mrms_tiny``, ...),
     or ``None`` for a searched one. Without a recorded genotype, its name decides."""
+    from ..genotype import Genotype
     from ..registry import get_genotype, list_models
 
-    genotype = variant.extra.get("genotype")
-    if not genotype:
+    text = variant.extra.get("genotype")
+    if not text:
         return variant.name if variant.name in list_models() else None
-    classes = int(dict(kv.split("=", 1) for kv in str(genotype).split(";") if "=" in kv).get("classes", 0)) or None
+    genotype = Genotype.parse(str(text))
     for name in list_models():
-        if get_genotype(name, classes).format() == genotype:
+        if get_genotype(name, genotype.num_classes).format() == genotype.format():
             return name
     return None
 

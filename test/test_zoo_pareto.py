@@ -78,3 +78,10 @@ def test_zoo_pareto_on_the_shipped_zoo(tmp_path, capsys):
     assert cli_main(["zoo", "pareto", "--backend", "nonesuch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no variant has a p95 latency measured on 'nonesuch'" in err[0]
+
+
+def test_a_malformed_genotype_in_the_index_is_one_error_naming_the_variant(tmp_path):
+    bad = ModelZoo([_variant("mrms_tiny", 10.0, 0.65, get_genotype("mrms_tiny", 11).format()), _variant("broken", 8.0, 0.6, "classes=11;bogus")],
+                   path=tmp_path / "zoo.yaml")
+    with pytest.raises(ValueError, match=r"zoo\.yaml: variant 'broken': genotype: 'bogus' is not 'key=value'"):
+        pareto_report(bad)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..genotype import GenotypeError
 from ..runtime.zoo import ModelZoo, Variant
 
 #: the latency statistics an index entry records per backend (``latency.<backend>.<stat>_ms``)
@@ -106,7 +107,11 @@ def pareto_report(zoo: ModelZoo, backend: str = "onnxruntime", stat: str = "p95"
         if ms is None:
             unmeasured.append(v.name)
         else:
-            points.append(Point(v.name, ms, v.miou, hand_designed_name(v) is not None))
+            try:
+                hand_designed = hand_designed_name(v) is not None
+            except GenotypeError as e:
+                raise GenotypeError(f"{zoo.path}: variant {v.name!r}: {e} (write it as `hmseg-core zoo publish` does)") from None
+            points.append(Point(v.name, ms, v.miou, hand_designed))
     hand = [p for p in points if p.hand_designed]
     rows = []
     for p in sorted(points, key=lambda q: q.latency_ms):

@@ -88,6 +88,7 @@ def run_replay_eval(
     replay_params = dict(
         bag=str(bag), bag_image_topic=image_topic, bag_label_topic=label_topic, image_topic=REPLAY_IMAGE,
         label_topic=REPLAY_LABELS, mode=mode, rate_scale=float(rate_scale), pace_topic=SEGMENT_LABELS,
+        wait_for_label_subscribers=1,
     )
 
     context = rclpy.Context()

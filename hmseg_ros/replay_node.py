@@ -50,6 +50,7 @@ PARAMETERS = {
     "lockstep_timeout_s": (5.0, _d("lockstep mode: give up waiting for a prediction after this long", 0.01, 600.0)),
     "restamp": (True, _d("stamp frames with the current time (latency on one clock)")),
     "wait_for_subscribers": (1, descriptor("start once the image topic has this many subscribers", True, 0, 1000)),
+    "wait_for_label_subscribers": (0, descriptor("start once the label topic has this many subscribers (an evaluator)", True, 0, 1000)),
     "start_timeout_s": (30.0, _d("give up waiting for subscribers after this long and publish anyway", 0.0, 3600.0)),
 }
 
@@ -89,11 +90,30 @@ class ReplayNode(Node):
         if self._waiting_for is not None and (msg.header.stamp.sec, msg.header.stamp.nanosec) == self._waiting_for:
             self._paced.set()
 
+    def _listeners(self) -> str:
+        p = self.p
+        text = (f"{self.pub_image.get_subscription_count()}/{p['wait_for_subscribers']} subscribers on {p['image_topic']}, "
+                f"{self.pub_labels.get_subscription_count()}/{p['wait_for_label_subscribers']} on {p['label_topic']}")
+        if p["mode"] == "lockstep":
+            text += f", {self.count_publishers(p['pace_topic'])}/1 publishers on {p['pace_topic']}"
+        return text
+
+    def _listeners_ready(self) -> bool:
+        """The frames' consumers are there: segmenters on the image topic, evaluators on the label
+        topic, and in lockstep the predictions' publisher (else every frame waits its full timeout)."""
+        p = self.p
+        return (self.pub_image.get_subscription_count() >= p["wait_for_subscribers"]
+                and self.pub_labels.get_subscription_count() >= p["wait_for_label_subscribers"]
+                and (p["mode"] != "lockstep" or self.count_publishers(p["pace_topic"]) >= 1))
+
     def _play(self) -> None:
         p, log = self.p, self.get_logger()
         try:
             deadline = time.monotonic() + p["start_timeout_s"]
-            while self.pub_image.get_subscription_count() < p["wait_for_subscribers"] and time.monotonic() < deadline:
+            while not self._listeners_ready():
+                if time.monotonic() >= deadline:
+                    log.warning(f"{self._listeners()} after {p['start_timeout_s']} s (start_timeout_s); publishing anyway")
+                    break
                 if self._stop.wait(0.05):
                     return
             log.info(f"replaying {p['bag']} ({p['mode']}) on {self.pub_image.topic_name}")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
-from ros_testing import RCLPY_MISSING, tiny_checkpoint
+from ros_testing import RCLPY_MISSING, Spinner, tiny_checkpoint, wait_for
 
 if RCLPY_MISSING:
     pytest.skip(RCLPY_MISSING, allow_module_level=True)
 pytest.importorskip("rosbags", reason="rosbag2 support needs the 'rosbags' package")
 
-from hmseg_core.bag import dataset_drive, make_bag  # noqa: E402
+from hmseg_core.bag import dataset_drive, make_bag, synthetic_drive  # noqa: E402
 from hmseg_core.cli import main as cli_main  # noqa: E402
 from hmseg_core.evaluate import evaluate_checkpoint  # noqa: E402
 from hmseg_ros.replay_eval import run_replay_eval  # noqa: E402
+from hmseg_ros.replay_node import RELIABLE, ReplayNode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,23 @@ def dataset_drive_frames(n: int):
     from hmseg_core.bag import synthetic_drive
 
     return synthetic_drive(n, (32, 48))
+
+
+def test_the_replay_waits_for_its_evaluator_before_the_first_frame(tmp_path):
+    # an evaluator that joins after the first frames went out would score a part of the drive
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    make_bag(tmp_path / "drive", synthetic_drive(3, (24, 32)), rate_hz=50)
+    spinner = Spinner()
+    try:
+        replay = spinner.add(ReplayNode(context=spinner.context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in dict(bag=str(tmp_path / "drive"), wait_for_subscribers=0, wait_for_label_subscribers=1,
+                                                   label_topic="/test_replay/labels", image_topic="/test_replay/image").items()]))
+        time.sleep(1.0)
+        assert replay.published == 0 and not replay.done.is_set()
+        got = []
+        spinner.node("evaluator").create_subscription(Image, "/test_replay/labels", got.append, RELIABLE)
+        assert wait_for(lambda: replay.done.is_set() and len(got) == 3, timeout=20), (replay.published, len(got))
+    finally:
+        spinner.close()

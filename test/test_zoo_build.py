@@ -407,3 +407,39 @@ def test_a_search_with_the_recipe_is_adopted_not_searched_again(tmp_path):
     changed, _ = build("changed", adopt=str(searches), overrides={**search["overrides"], "epochs": 2})
     changed.build(("lut",))
     assert changed.state("search", "0.8x").adopt is None and changed.state("search", "0.8x").state == "ready"
+
+
+def test_entries_the_build_does_not_make_are_measured_beside_its_variants(tmp_path):
+    """``measure.published``: an entry of the index the build publishes into that the build does not make is
+    timed in the build's measure run, and ``zoo publish`` gives it those latencies; once its weights change,
+    the measure stage is stale and publish leaves the entry alone."""
+    from hmseg_core.data.synthetic import write_dataset
+    from hmseg_core.pipeline.publish import publish
+
+    data = tmp_path / "data"
+    write_dataset(data, "camvid", {"train": 8, "val": 2}, size=(48, 64), seed=0)
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shutil.copy(ROOT / "hmseg_core" / "zoo" / "camvid_search_0.5x.pt", zoo / "other.pt")
+    old = {"latency_ms": 99.0, "latency": {"torch": {"p50_ms": 90.0, "p95_ms": 99.0}}, "measured_on": "another CPU, 2 threads"}
+    (zoo / "zoo.yaml").write_text(yaml.safe_dump({"variants": [{"name": "other", "checkpoint": "other.pt", "miou": 0.7, **old}]}))
+    keys = {"search.budgets": [0.8], "search.adopt": "", "train.baselines": ["mrms_tiny"], "train.teacher": "",
+            "train.adopt": "", "measure.published": str(zoo / "zoo.yaml")}
+    build = ZooBuild(load_zoo_config(_config(tmp_path, **keys), data_root=str(data)), tmp_path / "runs", log=lambda s: None)
+    assert list(build.kept()) == ["other"]
+    build.build()
+    measured = build.result("measure")
+    assert set(measured["latency"]) == {"mrms_tiny", "search_0.8x", "other"} and list(measured["kept"]) == ["other"]
+
+    report = publish(build, zoo, log=lambda s: None)
+    assert {"variant": "other", "action": "kept shipped", "latencies": "measured"} in report
+    index = ModelZoo.load(zoo / "zoo.yaml")
+    assert [v.name for v in index.variants] == ["other", "mrms_tiny", "search_0.8x"]
+    other = index.get("other").extra
+    assert other["latency"]["torch"]["p95_ms"] == measured["latency"]["other"]["torch"]["total_p95_ms"] != 99.0
+    assert other["measured_on"] == index.get("mrms_tiny").extra["measured_on"] and index.get("other").miou == 0.7
+
+    shutil.copy(ROOT / "hmseg_core" / "zoo" / "camvid_mrms_tiny.pt", zoo / "other.pt")  # new weights: not what was timed
+    again = ZooBuild(build.cfg, build.runs, log=lambda s: None)
+    assert again.state("measure").state == "stale" and "kept" in again.state("measure").detail
+    assert not [r for r in publish(again, zoo, log=lambda s: None) if r.get("variant") == "other"]

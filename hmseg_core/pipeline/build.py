@@ -164,6 +164,23 @@ class ZooBuild:
             self._macs_cache[variant] = count_macs(net, tuple(self.cfg.export.input_size))
         return self._macs_cache[variant]
 
+    def kept(self) -> Dict[str, Path]:
+        """The entries of ``measure.published`` (the shipped zoo by default) that this build does not make, by
+        name: the measure stage times them beside the build's variants, so that ``zoo publish`` gives every
+        entry of that index latencies of one run. Empty for a build on generated scenes (its networks are
+        not that zoo's) or without such an index."""
+        from ..runtime.zoo import ModelZoo, ZooError
+
+        index = self.cfg.measure.published_index()
+        if index is None or not self.cfg.data_root or not index.is_file():
+            return {}
+        try:
+            variants = ModelZoo.load(index).variants
+        except (ZooError, OSError):
+            return {}
+        ours = set(self.cfg.variants())
+        return {v.name: Path(v.checkpoint) for v in variants if v.name not in ours}
+
     def eval_data(self, variant: str) -> Path:
         """The data the variant is evaluated on: the data set, or the synthetic set its training generated."""
         return Path(self.data_root()) if self.cfg.data_root else self.folder("train", variant) / "synthetic"
@@ -188,9 +205,14 @@ class ZooBuild:
             return {"checkpoint_sha256": self.result("train", item)["sha256"], "export": dataclasses.asdict(cfg.export)}
         if stage == "measure":
             from ..machine import cpu_model, usable_cores
+            from ..runtime.source import file_digest
 
-            return {"packages": {v: self.result("export", v)["metadata_sha256"] for v in cfg.variants()},
-                    "measure": dataclasses.asdict(cfg.measure), "machine": {"cpu": cpu_model(), "cores": usable_cores()}}
+            inputs = {"packages": {v: self.result("export", v)["metadata_sha256"] for v in cfg.variants()},
+                      "measure": dataclasses.asdict(cfg.measure), "machine": {"cpu": cpu_model(), "cores": usable_cores()}}
+            kept = self.kept()
+            if kept:  # only then: a measure done before other entries were measured stays done
+                inputs["kept"] = {name: file_digest(path) for name, path in kept.items()}
+            return inputs
         if stage == "index":
             return {"measure": digest_json(self.result("measure")), "eval": {v: self.result("eval", v)["miou"] for v in cfg.variants()},
                     "packages": {v: self.result("export", v)["metadata_sha256"] for v in cfg.variants()}}
@@ -306,8 +328,13 @@ class ZooBuild:
             ckpt = runs / self.result("train", item)["checkpoint"]
             return work.run_export(ckpt, self.folder("export", item), cfg.export, item, runs, self.log)
         if stage == "measure":
+            from ..runtime.source import is_package
+
             packages = {v: runs / self.result("export", v)["package"] for v in cfg.variants()}
-            return work.run_measure(packages, cfg.measure, self.log)
+            for name, path in self.kept().items():  # the published index's other entries, timed beside them
+                packages[name] = path if is_package(path) else runs / work.run_export(
+                    path, runs / "measure" / name, cfg.export, name, runs, self.log)["package"]
+            return {**work.run_measure(packages, cfg.measure, self.log), "kept": self.state(stage).inputs.get("kept", {})}
         if stage == "index":
             return work.write_index(runs, self.index_rows(), self.pareto_backend())
         raise ValueError(f"unknown stage {stage!r}")

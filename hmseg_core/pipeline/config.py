@@ -106,6 +106,13 @@ class MeasureSection:
     block: int = 10
     threads: int = 2
     pareto: str = ""  # the backend whose p95 the Pareto plot and the index's ``latency_ms`` use; empty: the first
+    published: str = "shipped"  # the zoo index ``zoo publish`` writes into: its entries this build does not make are
+    #                             measured beside the build's variants, so all of its latencies come from one run
+    #                             ("shipped": the zoo installed with hmseg; a path; "": the build's variants only)
+
+    def published_index(self) -> Optional[Path]:
+        """The zoo index whose other entries are measured too (``shipped``: the zoo installed with hmseg)."""
+        return _adopt_path(self.published, "zoo.yaml")
 
 
 SECTIONS = {"lut": LutSection, "search": SearchSection, "train": TrainSection, "export": ExportSection, "measure": MeasureSection}

@@ -6,8 +6,9 @@ index entry carrying its val mIoU, genotype, params, MACs and, once measured, it
 build machine. A variant the shipped index already has with an mIoU at least as high is kept (its
 latencies replaced by the build's when it is the same network, so that all are of one run); one that
 replaces a shipped entry of the same network keeps that entry's latencies until the build measures
-its own; entries the build does not make are kept too. The index is rewritten atomically, its leading
-comment kept.
+its own; entries the build does not make are kept too, with the latencies the build measured beside its
+variants (``measure.published``) when those were their weights. The index is rewritten atomically, its
+leading comment kept.
 
 Beside the index, ``searches.yaml`` keeps each finished search (its recipe, the budget-fitted genotype,
 the machine that searched), so that a build on a fresh machine adopts it instead of searching again
@@ -46,6 +47,7 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
     """Copy the finished variants of ``build`` into the zoo folder ``to``; returns what happened to each."""
     from ..checkpoint import atomic_save, inference_checkpoint, load_checkpoint
     from ..machine import cpu_model
+    from ..runtime.source import file_digest
     from ..runtime.zoo import ModelZoo, Variant
     from .steps import network_costs
 
@@ -97,6 +99,14 @@ def publish(build: ZooBuild, to: Path, allow_synthetic: bool = False, log: Log =
         entries[name] = Variant(name, dest, miou, {**extra, **lat})
         log(f"publish {name}: val mIoU {100 * miou:.2f} % -> {dest}")
         report.append({"variant": name, "action": "published", "miou": miou, "file": str(dest)})
+    kept = measure.marker["result"].get("kept", {}) if measure.state == "done" else {}
+    for name, digest in kept.items():  # entries the build does not make, measured beside its variants
+        old = entries.get(name)
+        if old is None or name not in latency or file_digest(old.checkpoint) != digest:
+            continue  # not in this index, or not the weights that were measured
+        entries[name] = replace(old, extra={**old.extra, **measured(name)})
+        log(f"keep shipped {name} (not built here): latencies of this build's run")
+        report.append({"variant": name, "action": "kept shipped", "latencies": "measured"})
     if any(r["action"] == "published" or "latencies" in r for r in report):
         order = [v.name for v in shipped] + [n for n in entries if n not in {v.name for v in shipped}]
         comment = _comment(index) or f"Trained {cfg.name} variants; mIoU on the validation split (hmseg-core zoo publish)."

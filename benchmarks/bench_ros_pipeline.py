@@ -515,7 +515,7 @@ def main(argv=None) -> int:
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for the node to select its variant")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
-                   help="another parameter of the node (repeatable), e.g. io_nice=10")
+                   help="another parameter of the node (repeatable), e.g. overhead_iterations=0")
     p.add_argument("--camera-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     bad = [item for item in args.node_param if "=" not in item or not item.partition("=")[0].strip()]

@@ -240,29 +240,3 @@ def _mallopt_retain() -> bool:
     # mallopt returns 1 on success; a threshold set by hand also stops glibc adjusting it
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_MAX, 0), (_M_MMAP_THRESHOLD, 32 * 1024 * 1024), (_M_TRIM_THRESHOLD, _INT_MAX)))
-
-
-# ---------------------------------------------------------------------------- thread priority
-def thread_ids() -> set:
-    """The kernel thread ids of this process's threads now (Linux; empty where /proc has none)."""
-    try:
-        return {int(t) for t in os.listdir("/proc/self/task")}
-    except OSError:
-        return set()
-
-
-def lower_thread_priority(tids, by: int) -> int:
-    """Raise the nice value of each thread of ``tids`` by ``by`` (at most 19), so that the threads left
-    alone win the cores when both want them; returns how many threads were changed. Threads they start
-    afterwards inherit the value. Lowering a thread's priority needs no privilege (raising it back
-    does), so this is a one-way step at start; threads that have ended are skipped."""
-    if by <= 0:
-        return 0
-    changed = 0
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-            changed += 1
-        except (OSError, AttributeError):  # gone, or no per-thread priorities here
-            continue
-    return changed

@@ -76,7 +76,6 @@ from hmseg_core.runtime import (
 )
 from hmseg_core.data.synthetic import render_street
 from hmseg_core.deploy import library_cache
-from hmseg_core.machine import lower_thread_priority, thread_ids
 from hmseg_core.runtime.backends import backend_class
 from hmseg_core.runtime.latency import LatencyStats
 from hmseg_core.runtime.transforms import palette_lut
@@ -139,14 +138,12 @@ PARAMETERS = {
     "max_input_pixels": (MAX_INPUT_PIXELS, _desc("frames with more pixels are scaled down to this many for the network; labels and confidence still come at the frame's size", True, 4096, 1 << 28)),
     "overlay_alpha": (0.5, _desc("weight of the palette in ~/overlay", False, 0.0, 1.0)),
     "diagnostics_period_s": (1.0, _desc("period of /diagnostics and the latency window", True, 0.1, 60.0)),
-    "io_nice": (0, _desc("raise the nice value of the node's ROS threads (executor, DDS) by this much at start, so that the inference threads win the cores when both want them; 0: leave them", True, 0, 19)),
 }
 
 
 class SegmentNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        ros_threads = thread_ids()  # the executor's and the middleware's; inference threads start later
         self._closing = threading.Event()  # set by destroy_node: outputs from then on are not errors
         p = declare_parameters(self, PARAMETERS, _check)
         if p["backend"] != AUTO:
@@ -213,10 +210,6 @@ class SegmentNode(Node):
         self.add_post_set_parameters_callback(self._apply)
         self.create_subscription(Image, p["input_topic"], self._on_image, in_qos)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
-        if p["io_nice"]:
-            n = lower_thread_priority(ros_threads, p["io_nice"])
-            self.get_logger().info(f"io_nice {p['io_nice']}: {n} ROS threads (executor, DDS) at nice +{p['io_nice']}; "
-                                   "the worker and the inference threads keep theirs")
         self.get_logger().info(f"segmenting {self.resolve_topic_name(p['input_topic'])} -> {self.pub_labels.topic_name} ({self.backend}, {self.resize})")
 
     # ------------------------------------------------------------------ model choice

@@ -51,32 +51,3 @@ def test_opt_out_leaves_the_allocator_alone():
 def test_allocator_names_the_setting_in_effect():
     assert allocator() == ("retain-freed" if retain_freed_memory() else "system")
     assert retain_freed_memory() is retain_freed_memory()  # idempotent
-
-
-def test_lower_thread_priority_changes_only_the_threads_named():
-    import threading
-
-    from hmseg_core.machine import lower_thread_priority, thread_ids
-
-    if not thread_ids():
-        pytest.skip("no per-thread ids in /proc on this platform")
-    started, release = threading.Event(), threading.Event()
-    tid = {}
-
-    def park():
-        tid["value"] = threading.get_native_id()
-        started.set()
-        release.wait(10)
-
-    t = threading.Thread(target=park)
-    t.start()
-    try:
-        assert started.wait(10) and tid["value"] in thread_ids()
-        before, mine = os.getpriority(os.PRIO_PROCESS, tid["value"]), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        assert lower_thread_priority({tid["value"], 2 ** 22 + 12345}, 3) == 1  # a thread id that is not there is skipped
-        assert os.getpriority(os.PRIO_PROCESS, tid["value"]) == min(19, before + 3)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
-        assert lower_thread_priority({tid["value"]}, 0) == 0
-    finally:
-        release.set()
-        t.join()

@@ -4,10 +4,7 @@ parameters, budget swaps, and newest-frame-only behaviour under a burst."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -521,31 +518,3 @@ def test_ctrl_c_with_frames_flowing_is_quiet(zoo, tmp_path, signame):
     assert proc.returncode == 0, err[-3000:]
     for bad in ("bad input", "context is invalid", "Failed to publish", "Traceback", "RCLError"):
         assert bad not in err, err[-3000:]
-
-
-IO_NICE_CHILD = r"""
-import json, os, sys, threading
-sys.path.insert(0, sys.argv[1])
-from rclpy.parameter import Parameter
-from ros_testing import Spinner
-from hmseg_ros.segment_node import SegmentNode
-
-base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-spinner = Spinner()
-params = json.loads(sys.argv[2])
-node = spinner.add(SegmentNode(context=spinner.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
-nice = lambda tid: os.getpriority(os.PRIO_PROCESS, tid)
-print(json.dumps({"base": base, "main": nice(threading.get_native_id()), "worker": nice(node.stream._thread.native_id)}))
-spinner.close()
-"""
-
-
-def test_io_nice_lowers_the_ros_threads_not_the_inference_worker(zoo, tmp_path):
-    """``io_nice``: the threads there when the node starts (executor, DDS) lose priority; the worker,
-    started later for inference, keeps the process's. In a child process: it cannot be undone."""
-    params = {k: p.value for k, p in ((p.name, p) for p in overrides(zoo, io_nice=4, input_topic="/nice_cam/image"))}
-    out = subprocess.run([sys.executable, "-c", IO_NICE_CHILD, str(Path(__file__).parent), json.dumps(params)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["main"] == min(19, got["base"] + 4) and got["worker"] == got["base"]

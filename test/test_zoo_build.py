@@ -427,6 +427,8 @@ def test_entries_the_build_does_not_make_are_measured_beside_its_variants(tmp_pa
             "train.adopt": "", "measure.published": str(zoo / "zoo.yaml")}
     build = ZooBuild(load_zoo_config(_config(tmp_path, **keys), data_root=str(data)), tmp_path / "runs", log=lambda s: None)
     assert list(build.kept()) == ["other"]
+    build.build(("lut", "search", "train", "eval", "export"))
+    assert build.state("measure").detail == f"also other of {zoo / 'zoo.yaml'} (not built here)"
     build.build()
     measured = build.result("measure")
     assert set(measured["latency"]) == {"mrms_tiny", "search_0.8x", "other"} and list(measured["kept"]) == ["other"]

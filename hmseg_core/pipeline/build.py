@@ -252,6 +252,9 @@ class ZooBuild:
             adopt = self.adoptable_search(item, inputs)
             detail = f"adopts {self.cfg.search.adopt_file()} {item} (searched with this recipe)" if adopt else ""
             return StepState(stage, item, "ready", detail, inputs, adopt=adopt)
+        if stage == "measure" and inputs.get("kept"):
+            detail = f"also {', '.join(inputs['kept'])} of {self.cfg.measure.published_index()} (not built here)"
+            return StepState(stage, item, "ready", detail, inputs)
         return StepState(stage, item, "ready", "", inputs)
 
     def adoptable(self, variant: str, inputs: Dict[str, Any]) -> Optional[Path]:

@@ -140,10 +140,7 @@ def node_params(args, tmp: Path) -> Path:
              latency_cache=args.latency_cache or "", diagnostics_period_s=1.0)
     import yaml
 
-    for item in args.node_param:
-        name, _, value = item.partition("=")
-        p[name.strip()] = yaml.safe_load(value)
-
+    p.update(args.node_param)
     path = tmp / "segment_params.yaml"
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": p}}))
     return path
@@ -492,6 +489,16 @@ def _size(text: str) -> Tuple[int, int]:
     return h, w
 
 
+def _node_param(text: str) -> Tuple[str, Any]:
+    """``--node-param NAME=VALUE``: the parameter's name and its value read as YAML."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    import yaml
+
+    return name.strip(), yaml.safe_load(value)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
@@ -514,13 +521,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-s", type=float, default=2.0, help="labels in the first seconds are not counted")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for the node to select its variant")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
+    p.add_argument("--node-param", type=_node_param, action="append", default=[], metavar="NAME=VALUE",
                    help="another parameter of the node (repeatable), e.g. overhead_iterations=0")
     p.add_argument("--camera-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    bad = [item for item in args.node_param if "=" not in item or not item.partition("=")[0].strip()]
-    if bad:
-        p.error(f"--node-param {bad[0]!r}: expected NAME=VALUE")
     if args.camera_child:
         return camera_main(json.loads(args.camera_child))
     if args.model:
